@@ -1,0 +1,1 @@
+"""Callbacks used by every task: LR schedule, gradient clipping, responses, and more."""

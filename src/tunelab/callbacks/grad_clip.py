@@ -1,0 +1,22 @@
+"""Gradient clipping at a global max norm, logging the norm measured before clipping."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+
+class GradClip(L.Callback):
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
+        if max_norm <= 0:
+            raise ValueError(f"callbacks.grad_clip.max_norm must be > 0, got {max_norm}")
+        self.max_norm, self.norm_type = max_norm, norm_type
+        self.last_norm: float | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type)
+        self.last_norm = float(norm)
+        pl_module.log("train/grad_norm", self.last_norm, on_step=True, on_epoch=False, batch_size=1)

@@ -1,0 +1,99 @@
+"""Linear warmup then half-cosine decay to a minimum LR (the seed's appendix-D schedule).
+
+`restart_step` re-warms: steps before it are ignored, so continued pretraining from a pretrained
+checkpoint warms up and decays again. `schedule: constant` holds peak_lr (for ablations).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+
+
+def lr_at(
+    step: int,
+    total_steps: int,
+    peak_lr: float,
+    warmup_steps: int = 0,
+    initial_lr: float = 0.0,
+    min_lr: float = 0.0,
+    schedule: str = "cosine",
+    restart_step: int = 0,
+) -> float:
+    """LR at optimizer step `step` (0-based)."""
+    if schedule == "constant":
+        return peak_lr
+    if schedule != "cosine":
+        raise ValueError(f"unknown LR schedule {schedule!r}; expected 'cosine' or 'constant'")
+    step = max(0, step - restart_step)
+    total = max(1, total_steps - restart_step)
+    if step < warmup_steps:
+        return initial_lr + step * (peak_lr - initial_lr) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(L.Callback):
+    """Sets every param group's LR before each optimizer step and logs it as `train/lr`.
+
+    warmup: steps (int >= 1) or a fraction of total steps (float < 1).
+    peak_lr: None takes the optimizer's configured lr.
+    total_steps: None takes the trainer's estimate (max_steps or epochs x batches).
+    """
+
+    def __init__(
+        self,
+        warmup: float = 0.1,
+        peak_lr: float | None = None,
+        initial_lr: float = 0.0,
+        min_lr: float = 0.0,
+        total_steps: int | None = None,
+        schedule: str = "cosine",
+        restart_step: int = 0,
+    ) -> None:
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"callbacks.lr_schedule.schedule: expected 'cosine' or 'constant', got {schedule!r}"
+            )
+        if warmup < 0:
+            raise ValueError(f"callbacks.lr_schedule.warmup must be >= 0, got {warmup}")
+        self.warmup, self.peak_lr, self.initial_lr, self.min_lr = (
+            warmup,
+            peak_lr,
+            initial_lr,
+            min_lr,
+        )
+        self.total_steps, self.schedule, self.restart_step = total_steps, schedule, restart_step
+        self._resolved: tuple[int, int, float] | None = None
+
+    def resolve(self, trainer: L.Trainer) -> tuple[int, int, float]:
+        if self._resolved is None:
+            total = self.total_steps or int(trainer.estimated_stepping_batches)
+            span = max(1, total - self.restart_step)
+            warmup = int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * span))
+            peak = (
+                self.peak_lr if self.peak_lr is not None else trainer.optimizers[0].defaults["lr"]
+            )
+            self._resolved = (total, warmup, peak)
+        return self._resolved
+
+    def lr_for(self, trainer: L.Trainer, step: int) -> float:
+        total, warmup, peak = self.resolve(trainer)
+        return lr_at(
+            step,
+            total,
+            peak,
+            warmup,
+            self.initial_lr,
+            self.min_lr,
+            self.schedule,
+            self.restart_step,
+        )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        lr = self.lr_for(trainer, trainer.global_step)
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        pl_module.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)

@@ -1,0 +1,1 @@
+"""Data: records, prompt styles, datasets, collators and embedded data."""

@@ -1,0 +1,1 @@
+"""Builders that regenerate the files under `tunelab/data/embedded/` from offline sources."""

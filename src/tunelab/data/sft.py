@@ -1,0 +1,204 @@
+"""Supervised fine-tuning data: records -> prompt style -> token ids -> padded batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tunelab.data.prompts import PromptStyle, get_style
+from tunelab.data.records import DataError, Record, load_records, split_records
+from tunelab.models.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+
+
+def embedded_path(name: str) -> Path:
+    return EMBEDDED_DIR / name
+
+
+@dataclass
+class Example:
+    ids: list[int]  # prompt + answer (without the final end-of-text token the collate adds)
+    prompt_len: int
+    record: Record
+
+
+def encode_example(record: Record, style: PromptStyle, tokenizer: Tokenizer) -> Example:
+    prompt_ids = tokenizer.encode(style.prompt(record))
+    answer_ids = tokenizer.encode(record.output + style.answer_suffix)
+    if answer_ids and answer_ids[-1] == tokenizer.eos_id:
+        answer_ids = answer_ids[:-1]  # the collate appends end-of-text itself
+    return Example(prompt_ids + answer_ids, len(prompt_ids), record)
+
+
+class SFTDataset(Dataset):
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+def truncate_examples(examples: list[Example], max_length: int | None, split: str) -> list[Example]:
+    """Cut sequences to `max_length` tokens (keeping the start) and log how many were cut."""
+    if not max_length:
+        return examples
+    cut = 0
+    out = []
+    for ex in examples:
+        if len(ex.ids) > max_length:
+            cut += 1
+            ex = Example(ex.ids[:max_length], min(ex.prompt_len, max_length), ex.record)
+        out.append(ex)
+    if cut:
+        log.warning(
+            "%s: truncated %d of %d examples to max_length=%d tokens",
+            split,
+            cut,
+            len(examples),
+            max_length,
+        )
+    return out
+
+
+def collate_sft(
+    batch: list[Example] | list[list[int]],
+    pad_id: int,
+    mask_prompt: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, torch.Tensor]:
+    """Pad to the batch's longest sequence; targets are inputs shifted by one.
+
+    Each sequence gets one end-of-text token (= pad id) appended, which stays in the targets so
+    the model learns to stop; the padding after it is replaced by `ignore_index` (the seed's
+    rule, applied by position so a genuine end-of-text inside a text is never masked).
+    """
+    items = [(b.ids, b.prompt_len) if isinstance(b, Example) else (list(b), 0) for b in batch]
+    width = max(len(ids) for ids, _ in items)
+    inputs = torch.full((len(items), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(items), width), ignore_index, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(items):
+        n = len(ids)
+        seq = torch.tensor(ids + [pad_id], dtype=torch.long)
+        inputs[row, :n] = seq[:-1]
+        targets[row, :n] = seq[1:]
+        if mask_prompt and prompt_len > 1:
+            targets[row, : prompt_len - 1] = ignore_index
+    return {"input_ids": inputs, "targets": targets}
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Instruction data for SFT. `connect()` gives it the tokenizer and prompt style of the model.
+
+    Either one file split by seed (`path` + `split`), or explicit `train_path`/`val_path`/
+    `test_path`. `path: null` uses the embedded instruction data shipped with tunelab.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        split: tuple[float, float, float] = (0.85, 0.05, 0.10),
+        batch_size: int = 8,
+        max_length: int | None = 512,
+        mask_prompt: bool = False,
+        limit: int | None = None,
+        seed: int = 123,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.path, self.train_path, self.val_path, self.test_path = (
+            path,
+            train_path,
+            val_path,
+            test_path,
+        )
+        self.split = tuple(split)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.mask_prompt = mask_prompt
+        self.limit = limit
+        self.seed = seed
+        self.num_workers = num_workers
+        self.tokenizer: Tokenizer | None = None
+        self.style: PromptStyle | None = None
+        self.records: dict[str, list[Record]] = {}
+        self.datasets: dict[str, SFTDataset] = {}
+
+    def connect(
+        self, tokenizer: Tokenizer, prompt_style: str | PromptStyle, max_length: int | None = None
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.style = get_style(prompt_style) if isinstance(prompt_style, str) else prompt_style
+        if max_length is not None:
+            self.max_length = min(self.max_length or max_length, max_length)
+
+    def load_splits(self) -> dict[str, list[Record]]:
+        if self.records:
+            return self.records
+        if self.train_path:
+            if self.path:
+                raise DataError(
+                    "data: give either `path` (split by seed) or `train_path`, not both"
+                )
+            self.records = {"train": load_records(self.train_path)}
+            for name, p in (("val", self.val_path), ("test", self.test_path)):
+                self.records[name] = load_records(p) if p else []
+        else:
+            path = self.path or embedded_path("instructions.json")
+            records = load_records(path)
+            if self.limit:
+                records = records[: self.limit]
+            train, val, test = split_records(records, self.split, self.seed)
+            self.records = {"train": train, "val": val, "test": test}
+        if not self.records["train"]:
+            raise DataError("data: the training split is empty")
+        log.info("data: %s", ", ".join(f"{k}={len(v)}" for k, v in self.records.items()))
+        return self.records
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None or self.style is None:
+            raise RuntimeError(
+                "SFTDataModule.connect(tokenizer, prompt_style) must be called first"
+            )
+        if self.datasets:
+            return
+        for split, records in self.load_splits().items():
+            examples = [encode_example(r, self.style, self.tokenizer) for r in records]
+            self.datasets[split] = SFTDataset(truncate_examples(examples, self.max_length, split))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=self.num_workers,
+            drop_last=False,
+            collate_fn=partial(
+                collate_sft, pad_id=self.tokenizer.pad_id, mask_prompt=self.mask_prompt
+            ),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val" if self.datasets["val"].examples else "train", shuffle=False)
+
+    def test_records(self) -> list[Record]:
+        return self.load_splits()["test"]

@@ -1,0 +1,261 @@
+"""One decoder-only transformer class for the GPT-2 and Llama families.
+
+The family in `Config` picks the parts: learned positions + LayerNorm + GELU MLP + biases (GPT-2)
+or rotary embeddings + RMSNorm + SwiGLU MLP + grouped-query attention (Llama). Attention goes
+through `scaled_dot_product_attention`. The module is plain PyTorch, usable without Lightning.
+
+Packed rows are supported: pass `positions` (per-example positions) and `doc_ids` (which example
+each token belongs to) and attention becomes block-diagonal causal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.models.config import Config
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(cfg: Config) -> nn.Module:
+    if cfg.family == "llama":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+
+
+def rope_cache(cfg: Config, length: int, device: torch.device | None = None):
+    """cos/sin tables of shape (length, head_dim) in HF Llama's half-rotation layout."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (
+        cfg.rope_base ** (torch.arange(0, half, dtype=torch.float32, device=device) / half)
+    )
+    t = torch.arange(length, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B, 1, T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer, plus which cached keys are real (not padding)."""
+
+    def __init__(self, cfg: Config, batch: int, max_len: int, device, dtype) -> None:
+        shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked for {end}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        qkv_out = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, qkv_out, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [
+                self.n_head * self.head_dim,
+                self.n_kv_head * self.head_dim,
+                self.n_kv_head * self.head_dim,
+            ],
+            dim=-1,
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if self.n_kv_head != self.n_head:
+            rep = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.swiglu = cfg.family == "llama"
+        if self.swiglu:
+            self.gate = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+            self.up = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+            self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+        else:
+            self.fc = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=True)
+            self.proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.norm1 = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.norm2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, self.index))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Decoder(nn.Module):
+    """Decoder-only language model. `model(input_ids)` returns logits (batch, time, vocab)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = None if cfg.uses_rope else nn.Embedding(cfg.context_length, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                scale = (
+                    1 / math.sqrt(2 * self.cfg.n_layer)
+                    if name.endswith(("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight"))
+                    else 1.0
+                )
+                nn.init.normal_(p, mean=0.0, std=std * scale)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:  # norm weights
+                nn.init.ones_(p)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _rope_for(self, positions: torch.Tensor):
+        need = int(positions.max()) + 1 if positions.numel() else 1
+        if (
+            self._rope is None
+            or self._rope[0].shape[0] < need
+            or self._rope[0].device != positions.device
+        ):
+            length = max(need, min(self.cfg.context_length, 4096))
+            self._rope = rope_cache(self.cfg, length, positions.device)
+        cos, sin = self._rope
+        return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.wte(input_ids)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        return self.drop(x)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for `input_ids` (B, T).
+
+        positions: (B, T) position of each token (default 0..T-1, or continuing the cache).
+        doc_ids: (B, T) example id of each token in packed rows; attention stays inside one id.
+        attention_mask: (B, T) bool/int, 1 for real tokens (left-padded generation with a cache).
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+        if T + start > self.cfg.context_length and self.wpe is not None:
+            raise ValueError(
+                f"sequence of {T + start} tokens exceeds context_length {self.cfg.context_length}"
+            )
+        mask = self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device)
+        rope = self._rope_for(positions) if self.cfg.uses_rope else None
+        x = self.embed(input_ids, positions)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.lm_head(self.norm_f(x))
+
+    @staticmethod
+    def _mask(B, T, doc_ids, cache, attention_mask, device) -> torch.Tensor | None:
+        if cache is None and doc_ids is None and attention_mask is None:
+            return None  # plain causal: SDPA's fast is_causal path
+        start = cache.length if cache is not None else 0
+        total = start + T
+        q_pos = torch.arange(start, total, device=device)
+        k_pos = torch.arange(total, device=device)
+        mask = (k_pos[None, :] <= q_pos[:, None]).expand(B, 1, T, total)
+        if doc_ids is not None:
+            mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+        if cache is not None:
+            valid = cache.key_valid
+            valid[:, start:total] = attention_mask.bool() if attention_mask is not None else True
+            mask = mask & valid[:, None, None, :total]
+        elif attention_mask is not None:
+            mask = mask & attention_mask.bool()[:, None, None, :]
+        # A query row with no visible key (left padding) would give NaN: let it see itself.
+        eye = torch.zeros(T, total, dtype=torch.bool, device=device)
+        eye[torch.arange(T), torch.arange(start, total)] = True
+        return mask | eye

@@ -1,0 +1,1 @@
+"""Weight loaders: Hugging Face folders, GGUF files and tunelab checkpoints."""

@@ -1,0 +1,237 @@
+"""Hugging Face-format folders (config.json + model.safetensors / pytorch_model.bin).
+
+GPT-2 folders store attention and MLP weights as `Conv1D` (in, out): transposed relative to
+`nn.Linear`. Llama folders store q/k/v separately; tunelab fuses them into one `qkv` projection.
+Sizes always come from the folder's own config.json, never from a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunelab.models.config import Config
+from tunelab.models.decoder import Decoder
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def config_from_hf(path: Path) -> Config:
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(
+            f"{cfg_path}: missing; a Hugging Face model folder needs config.json"
+        )
+    try:
+        hf = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    model_type = hf.get("model_type")
+
+    def need(key: str):
+        if key not in hf:
+            raise KeyError(f"{cfg_path}: missing key {key!r} for model_type {model_type!r}")
+        return hf[key]
+
+    if model_type == "gpt2":
+        return Config(
+            name=path.name,
+            family="gpt2",
+            vocab_size=need("vocab_size"),
+            context_length=need("n_positions"),
+            n_layer=need("n_layer"),
+            n_head=need("n_head"),
+            n_embd=need("n_embd"),
+            intermediate_size=hf.get("n_inner") or 4 * need("n_embd"),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=True,
+            tokenizer="gpt2",
+        )
+    if model_type in ("llama", "mistral", "qwen2") and not hf.get("attention_bias", False):
+        rope_base = hf.get("rope_theta", 10000.0)
+        return Config(
+            name=path.name,
+            family="llama",
+            vocab_size=need("vocab_size"),
+            context_length=hf.get("max_position_embeddings", 2048),
+            n_layer=need("num_hidden_layers"),
+            n_head=need("num_attention_heads"),
+            n_kv_head=hf.get("num_key_value_heads") or need("num_attention_heads"),
+            n_embd=need("hidden_size"),
+            intermediate_size=need("intermediate_size"),
+            head_dim=hf.get("head_dim"),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_base=float(rope_base),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            tokenizer="hf",
+        )
+    raise ValueError(
+        f"{cfg_path}: unsupported model_type {model_type!r}; tunelab loads 'gpt2' and 'llama'-family folders"
+    )
+
+
+def read_hf_state(path: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        f = path / name
+        if f.exists():
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(str(f))
+            try:
+                return torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # weights_only refuses pickles that carry code
+                raise ValueError(f"{f}: cannot be read safely (weights_only=True): {e}") from None
+    raise FileNotFoundError(f"{path}: no weights file; expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p) :]
+                break
+        out[k] = v
+    return out
+
+
+def gpt2_to_tunelab(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    s = _strip(state, ("transformer.",))
+    out = {
+        "wte.weight": s["wte.weight"],
+        "wpe.weight": s["wpe.weight"],
+        "norm_f.weight": s["ln_f.weight"],
+        "norm_f.bias": s["ln_f.bias"],
+    }
+    conv1d = {
+        "attn.c_attn": "attn.qkv",
+        "attn.c_proj": "attn.proj",
+        "mlp.c_fc": "mlp.fc",
+        "mlp.c_proj": "mlp.proj",
+    }
+    for i in range(cfg.n_layer):
+        h, b = f"h.{i}.", f"blocks.{i}."
+        for src, dst in (("ln_1", "norm1"), ("ln_2", "norm2")):
+            out[b + dst + ".weight"] = s[h + src + ".weight"]
+            out[b + dst + ".bias"] = s[h + src + ".bias"]
+        for src, dst in conv1d.items():
+            out[b + dst + ".weight"] = s[h + src + ".weight"].t().contiguous()
+            out[b + dst + ".bias"] = s[h + src + ".bias"]
+    out["lm_head.weight"] = out["wte.weight"]
+    return out
+
+
+def tunelab_to_gpt2(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """Inverse of `gpt2_to_tunelab` (used to write HF folders, e.g. for tests and export)."""
+    out = {
+        "wte.weight": state["wte.weight"],
+        "wpe.weight": state["wpe.weight"],
+        "ln_f.weight": state["norm_f.weight"],
+        "ln_f.bias": state["norm_f.bias"],
+    }
+    conv1d = {
+        "attn.c_attn": "attn.qkv",
+        "attn.c_proj": "attn.proj",
+        "mlp.c_fc": "mlp.fc",
+        "mlp.c_proj": "mlp.proj",
+    }
+    for i in range(cfg.n_layer):
+        h, b = f"h.{i}.", f"blocks.{i}."
+        for dst, src in (("ln_1", "norm1"), ("ln_2", "norm2")):
+            out[h + dst + ".weight"] = state[b + src + ".weight"]
+            out[h + dst + ".bias"] = state[b + src + ".bias"]
+        for dst, src in conv1d.items():
+            out[h + dst + ".weight"] = state[b + src + ".weight"].t().contiguous()
+            out[h + dst + ".bias"] = state[b + src + ".bias"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def llama_to_tunelab(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    s = _strip(state, ("model.",))
+    out = {"wte.weight": s["embed_tokens.weight"], "norm_f.weight": s["norm.weight"]}
+    for i in range(cfg.n_layer):
+        h, b = f"layers.{i}.", f"blocks.{i}."
+        out[b + "norm1.weight"] = s[h + "input_layernorm.weight"]
+        out[b + "norm2.weight"] = s[h + "post_attention_layernorm.weight"]
+        out[b + "attn.qkv.weight"] = torch.cat(
+            [s[h + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0
+        )
+        out[b + "attn.proj.weight"] = s[h + "self_attn.o_proj.weight"]
+        for p in ("gate", "up", "down"):
+            out[b + f"mlp.{p}.weight"] = s[h + f"mlp.{p}_proj.weight"]
+    if cfg.tie_embeddings or "lm_head.weight" not in state:
+        out["lm_head.weight"] = out["wte.weight"]
+    else:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return out
+
+
+def load_state_strict(model: Decoder, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, naming every missing/unexpected tensor and shape mismatch in one error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(
+            f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    if shapes:
+        problems.append("shape mismatches " + "; ".join(shapes[:5]))
+    if problems:
+        raise ValueError(f"{source}: weights do not fit the model config: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_hf_folder(path: str | Path) -> Decoder:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    cfg = config_from_hf(path)
+    raw = read_hf_state(path)
+    try:
+        state = (gpt2_to_tunelab if cfg.family == "gpt2" else llama_to_tunelab)(raw, cfg)
+    except KeyError as e:
+        raise ValueError(
+            f"{path}: weights lack tensor {e.args[0]!r} required by its config.json"
+        ) from None
+    model = Decoder(cfg)
+    load_state_strict(model, state, str(path))
+    return model.eval()
+
+
+def save_hf_gpt2(model: Decoder, path: str | Path) -> Path:
+    """Write a GPT-2 model as an HF-format folder (config.json + model.safetensors)."""
+    from safetensors.torch import save_file
+
+    cfg = model.cfg
+    if cfg.family != "gpt2":
+        raise ValueError("save_hf_gpt2 writes GPT-2-family models only")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    hf_cfg = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.intermediate_size,
+        "layer_norm_epsilon": cfg.norm_eps,
+        "activation_function": "gelu_new",
+    }
+    (path / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
+    save_file(tunelab_to_gpt2(model.state_dict(), cfg), str(path / "model.safetensors"))
+    return path

@@ -1,0 +1,1 @@
+"""Thin LightningModules: wire a model, a pure loss function and logging."""

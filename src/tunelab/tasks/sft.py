@@ -1,0 +1,46 @@
+"""Supervised fine-tuning: masked next-token cross-entropy on (prompt, answer) sequences."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.text import Perplexity
+
+from tunelab.losses import masked_cross_entropy
+from tunelab.tasks.base import LMTask
+
+
+class SFTTask(LMTask):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.val_perplexity = Perplexity(ignore_index=-100)
+
+    def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        logits = self.model(
+            batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
+        )
+        loss, n_targets = masked_cross_entropy(logits, batch["targets"])
+        bs = batch["input_ids"].shape[0]
+        # Weight the epoch mean by counted tokens, so val/loss is the true per-token loss.
+        self.log(
+            f"{split}/loss",
+            loss,
+            prog_bar=True,
+            batch_size=max(int(n_targets), 1),
+            on_step=split == "train",
+            on_epoch=True,
+        )
+        if split == "train":
+            self.tokens_seen += int(n_targets)
+            self.log(
+                "train/tokens_seen",
+                float(self.tokens_seen),
+                on_step=True,
+                on_epoch=False,
+                batch_size=bs,
+            )
+        else:
+            self.val_perplexity.update(logits.float(), batch["targets"])
+            self.log(
+                "val/perplexity", self.val_perplexity, on_step=False, on_epoch=True, batch_size=bs
+            )
+        return loss

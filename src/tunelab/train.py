@@ -1,0 +1,133 @@
+"""Training entry point: `python -m tunelab.train experiment=... [overrides]` (add -m to sweep).
+
+compose cfg -> seed -> model + tokenizer -> datamodule.connect -> task -> callbacks, loggers,
+trainer -> fit -> metrics.json; returns the metric named by `optimized_metric` for sweepers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from tunelab.utils.config import conf_dir, instantiate_dict, save_and_print_config
+
+log = logging.getLogger("tunelab.train")
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path in (None, "", "none"):
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path: checkpoint not found: {ckpt_path}")
+    return ckpt_path
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate everything a run needs (used by train() and by config tests)."""
+    loaded = hydra.utils.instantiate(cfg.model)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.connect(
+        loaded.tokenizer, loaded.prompt_style, max_length=loaded.model.cfg.context_length
+    )
+    # Objects go in through a partial: Hydra would turn a dataclass argument into a config.
+    task = hydra.utils.instantiate(cfg.task, _partial_=True)(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        prompt_style=loaded.prompt_style,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+    )
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
+    return {
+        "loaded": loaded,
+        "datamodule": datamodule,
+        "task": task,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "trainer": trainer,
+    }
+
+
+def train(cfg: DictConfig) -> float | None:
+    output_dir = Path(cfg.paths.output_dir)
+    save_and_print_config(cfg, output_dir, print_tree=cfg.extras.get("print_config", True))
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    parts = build(cfg)
+    loaded, trainer = parts["loaded"], parts["trainer"]
+    loaded.tokenizer.save(output_dir / "checkpoints")
+    (output_dir / "checkpoints" / "prompt_style.txt").write_text(loaded.prompt_style + "\n")
+    (output_dir / "checkpoints" / "model_config.json").write_text(
+        json.dumps(loaded.model.cfg.to_dict(), indent=2) + "\n"
+    )
+    log.info(
+        "model %s: %.1fM parameters, prompt style %s",
+        loaded.source,
+        loaded.model.num_parameters / 1e6,
+        loaded.prompt_style,
+    )
+    try:
+        trainer.fit(
+            parts["task"],
+            datamodule=parts["datamodule"],
+            ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir),
+        )
+        metrics = {k: _finite(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        metrics["global_step"] = trainer.global_step
+        (output_dir / "metrics.json").write_text(
+            json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+        )
+        log.info("run folder: %s", output_dir)
+    finally:
+        _finish_wandb()
+    name = cfg.get("optimized_metric")
+    if name:
+        if name not in metrics:
+            raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+        return metrics[name]
+    return None
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so every multirun job gets its own (lightning-hydra-template)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from tunelab.utils.errors import friendly_errors
+
+    with friendly_errors():
+        return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

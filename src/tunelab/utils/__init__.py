@@ -1,0 +1,1 @@
+"""Small helpers: config printing, instantiation, run-folder files."""
