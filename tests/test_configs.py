@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 
@@ -27,6 +28,7 @@ GROUPS = [
     "hparams_search",
 ]
 # Too large to materialise in a unit test: built on the meta device (shapes only).
+CLUSTER_ONLY = {"fsdp", "deepspeed"}
 META_MODELS = {"gpt2-355m", "gpt2-774m", "gpt2-1558m", "gpt2-124m"}
 
 
@@ -44,6 +46,8 @@ def extra_overrides(group: str, name: str, toy_file: Path) -> list[str]:
     extra = []
     if (group, name) == ("data", "instructions_file"):
         extra.append(f"data.path={toy_file}")
+    if (group, name) == ("data", "text_files"):
+        extra.append(f"data.new={toy_file}")  # read at setup(), not when instantiated
     return extra
 
 
@@ -55,6 +59,14 @@ def test_config_composes_and_instantiates(group, name, tmp_path, toy_file, monke
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         # Composes as written; instantiated on the CPU where no GPU is present.
         cfg = compose_train([*overrides, "trainer.accelerator=cpu"], tmp_path)
+    if group == "trainer" and name in CLUSTER_ONLY and not torch.cuda.is_available():
+        # GPU-cluster strategies: the strategy object is built (FSDP) or named (DeepSpeed needs
+        # its own package); the rest of the run is instantiated on a CPU trainer.
+        if name == "fsdp":
+            assert type(hydra.utils.instantiate(cfg.trainer.strategy)).__name__ == "FSDPStrategy"
+        else:
+            assert cfg.trainer.strategy == "deepspeed_stage_2"
+        cfg = compose_train([*overrides, "trainer=cpu"], tmp_path)
     model_source = str(cfg.model.source)
     device = "meta" if model_source in META_MODELS else "cpu"
     with torch.device(device):

@@ -18,7 +18,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from tunelab.utils.config import conf_dir, instantiate_dict, save_and_print_config
+from tunelab.utils.config import (
+    check_no_literal_secrets,
+    conf_dir,
+    instantiate_dict,
+    save_and_print_config,
+)
+from tunelab.utils.tracking import global_rank, narrow_ddp_relaunch, prepare_wandb
 
 log = logging.getLogger("tunelab.train")
 
@@ -71,18 +77,29 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def train(cfg: DictConfig) -> float | None:
-    output_dir = Path(cfg.paths.output_dir)
-    save_and_print_config(cfg, output_dir, print_tree=cfg.extras.get("print_config", True))
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
-    parts = build(cfg)
-    loaded, trainer = parts["loaded"], parts["trainer"]
-    loaded.tokenizer.save(output_dir / "checkpoints")
-    (output_dir / "checkpoints" / "prompt_style.txt").write_text(loaded.prompt_style + "\n")
-    (output_dir / "checkpoints" / "model_config.json").write_text(
+def write_model_files(loaded, folder: Path) -> None:
+    """Tokenizer, prompt style and model config beside the checkpoints, readable without torch."""
+    loaded.tokenizer.save(folder)
+    (folder / "prompt_style.txt").write_text(loaded.prompt_style + "\n")
+    (folder / "model_config.json").write_text(
         json.dumps(loaded.model.cfg.to_dict(), indent=2) + "\n"
     )
+
+
+def train(cfg: DictConfig) -> float | None:
+    check_no_literal_secrets(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    rank_zero = global_rank() == 0
+    if rank_zero:
+        save_and_print_config(cfg, output_dir, print_tree=cfg.extras.get("print_config", True))
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    prepare_wandb(cfg, output_dir)
+    narrow_ddp_relaunch(cfg)
+    parts = build(cfg)
+    loaded, trainer = parts["loaded"], parts["trainer"]
+    if rank_zero:
+        write_model_files(loaded, output_dir / "checkpoints")
     log.info(
         "model %s: %.1fM parameters, prompt style %s",
         loaded.source,
@@ -98,10 +115,11 @@ def train(cfg: DictConfig) -> float | None:
         metrics = {k: _finite(v) for k, v in trainer.callback_metrics.items()}
         metrics = {k: v for k, v in metrics.items() if v is not None}
         metrics["global_step"] = trainer.global_step
-        (output_dir / "metrics.json").write_text(
-            json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-        )
-        log.info("run folder: %s", output_dir)
+        if trainer.is_global_zero:
+            (output_dir / "metrics.json").write_text(
+                json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+            )
+            log.info("run folder: %s", output_dir)
     finally:
         _finish_wandb()
     name = cfg.get("optimized_metric")

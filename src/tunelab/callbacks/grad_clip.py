@@ -19,4 +19,14 @@ class GradClip(L.Callback):
             return
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type)
         self.last_norm = float(norm)
+        if not torch.isfinite(norm):
+            handler = getattr(pl_module, "nonfinite", None)
+            if handler is None:
+                raise FloatingPointError(f"non-finite gradient norm at step {trainer.global_step}")
+            handler(f"gradient norm {self.last_norm}", -1)
+            for (
+                p
+            ) in params:  # skip policy: no gradient, so the optimizer leaves weights as they are
+                p.grad = None
+            return
         pl_module.log("train/grad_norm", self.last_norm, on_step=True, on_epoch=False, batch_size=1)

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tunelab.data.distributed import data_position, make_loader, resume_point
 from tunelab.data.prompts import PromptStyle, get_style
 from tunelab.data.records import DataError, Record, load_records, split_records
 from tunelab.models.tokenizer import Tokenizer
@@ -118,6 +119,8 @@ class SFTDataModule(L.LightningDataModule):
         limit: int | None = None,
         seed: int = 123,
         num_workers: int = 0,
+        packing: bool = False,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         self.path, self.train_path, self.val_path, self.test_path = (
@@ -133,6 +136,10 @@ class SFTDataModule(L.LightningDataModule):
         self.limit = limit
         self.seed = seed
         self.num_workers = num_workers
+        self.shuffle = shuffle
+        self._resume_state: dict[str, int] | None = None
+        # Pack each batch's examples into rows of <= max_length tokens (tunelab.data.packing).
+        self.packing = packing
         self.tokenizer: Tokenizer | None = None
         self.style: PromptStyle | None = None
         self.records: dict[str, list[Record]] = {}
@@ -180,22 +187,38 @@ class SFTDataModule(L.LightningDataModule):
             examples = [encode_example(r, self.style, self.tokenizer) for r in records]
             self.datasets[split] = SFTDataset(truncate_examples(examples, self.max_length, split))
 
+    def _collate(self):
+        if self.packing:
+            from tunelab.data.packing import collate_packed
+
+            width = self.max_length or max(
+                len(e.ids) for d in self.datasets.values() for e in d.examples
+            )
+            return partial(
+                collate_packed,
+                pad_id=self.tokenizer.pad_id,
+                max_length=width,
+                mask_prompt=self.mask_prompt,
+            )
+        return partial(collate_sft, pad_id=self.tokenizer.pad_id, mask_prompt=self.mask_prompt)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=gen,
-            num_workers=self.num_workers,
-            drop_last=False,
-            collate_fn=partial(
-                collate_sft, pad_id=self.tokenizer.pad_id, mask_prompt=self.mask_prompt
-            ),
-        )
+        # Same global batches on 1 or N processes (see tunelab.data.distributed).
+        resume = resume_point(self._resume_state) if split == "train" else None
+        if split == "train":
+            self._resume_state = None
+        return make_loader(self.datasets[split], self.batch_size, shuffle, self.seed,
+                           self._collate(), self.trainer, self.num_workers, resume)
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position, so a resumed run continues with the same next batch."""
+        return data_position(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_state = dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val" if self.datasets["val"].examples else "train", shuffle=False)

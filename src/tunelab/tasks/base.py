@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ import torch
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class LMTask(L.LightningModule):
@@ -23,6 +26,7 @@ class LMTask(L.LightningModule):
         prompt_style: str,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         weight_decay_exclude_norms: bool = True,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         self.model = model
@@ -31,6 +35,10 @@ class LMTask(L.LightningModule):
         self.optimizer_factory = optimizer
         self.weight_decay_exclude_norms = weight_decay_exclude_norms
         self.tokens_seen = 0
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"task.on_nonfinite: expected 'stop' or 'skip', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.skipped_batches = 0
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.model(input_ids, **kwargs)
@@ -38,8 +46,52 @@ class LMTask(L.LightningModule):
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         raise NotImplementedError
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
+    def global_token_mean(
+        self, loss: torch.Tensor, n_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rescale a local per-token mean so DDP's gradient average is the global per-token mean.
+
+        Each rank averages over its own tokens; DDP then averages ranks equally. With unequal
+        token counts that is not the per-token mean of the global batch, so the local loss is
+        weighted by n_local * world / n_global. One process: unchanged.
+        """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world <= 1 or not torch.distributed.is_initialized():
+            return loss, n_tokens
+        n_global = n_tokens.detach().clone().float()
+        torch.distributed.all_reduce(n_global)
+        return loss * n_tokens.float() * world / n_global.clamp(min=1), n_global
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        loss = self.step(batch, "train")
+        if not torch.isfinite(loss):
+            return self.nonfinite(f"loss {float(loss)}", batch_idx)
+        return loss
+
+    def nonfinite(self, what: str, batch_idx: int) -> None:
+        """Stop with a clear message (the last good checkpoint stays), or skip the batch."""
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if self.on_nonfinite == "skip":
+            self.skipped_batches += 1
+            log.warning(
+                "non-finite %s at step %d (batch %d): batch skipped (%d so far)",
+                what,
+                step,
+                batch_idx,
+                self.skipped_batches,
+            )
+            self.log(
+                "train/skipped_batches",
+                float(self.skipped_batches),
+                on_step=True,
+                on_epoch=False,
+                batch_size=1,
+            )
+            return None
+        raise FloatingPointError(
+            f"non-finite {what} at step {step} (batch {batch_idx}); training stopped, the last "
+            "good checkpoint is kept. Lower the LR, or set task.on_nonfinite=skip to skip such batches"
+        )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.step(batch, "val")
@@ -58,6 +110,8 @@ class LMTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tunelab"] = checkpoint_metadata(self.model, self.tokenizer, self.prompt_style)
         checkpoint["tunelab"]["tokens_seen"] = self.tokens_seen
+        checkpoint["tunelab"]["skipped_batches"] = self.skipped_batches
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tunelab", {}).get("tokens_seen", 0))
+        self.skipped_batches = int(checkpoint.get("tunelab", {}).get("skipped_batches", 0))

@@ -19,6 +19,7 @@ class SFTTask(LMTask):
             batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
         )
         loss, n_targets = masked_cross_entropy(logits, batch["targets"])
+        loss, n_targets = self.global_token_mean(loss, n_targets)
         bs = batch["input_ids"].shape[0]
         # Weight the epoch mean by counted tokens, so val/loss is the true per-token loss.
         self.log(
@@ -28,6 +29,7 @@ class SFTTask(LMTask):
             batch_size=max(int(n_targets), 1),
             on_step=split == "train",
             on_epoch=True,
+            sync_dist=True,  # with global_token_mean: the mean over ranks is the global mean
         )
         if split == "train":
             self.tokens_seen += int(n_targets)

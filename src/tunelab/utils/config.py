@@ -53,6 +53,41 @@ def redact(cfg: Any) -> Any:
     return walk(container)
 
 
+def literal_secrets(cfg: DictConfig) -> list[str]:
+    """Keys that hold a secret value in the config itself (secrets belong in the environment)."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = str(k).lower()
+                where = f"{path}.{k}" if path else str(k)
+                if (
+                    key.endswith(SECRET_MARKERS)
+                    and not key.endswith("_env")
+                    and isinstance(v, str)
+                    and v.strip()
+                    and v != "***"
+                ):
+                    found.append(where)
+                walk(v, where)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk({k: _plain(cfg, k) for k in cfg if k != "hydra"}, "")
+    return found
+
+
+def check_no_literal_secrets(cfg: DictConfig) -> None:
+    keys = literal_secrets(cfg)
+    if keys:
+        raise ValueError(
+            f"config key {keys[0]} holds a secret value; secrets come from the environment: "
+            f"set an environment variable and name it in `{keys[0].rsplit('.', 1)[-1]}_env`"
+        )
+
+
 def _plain(cfg: DictConfig, key: str) -> Any:
     value = cfg[key]
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

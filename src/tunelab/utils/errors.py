@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 
 log = logging.getLogger("tunelab")
 
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError, FloatingPointError)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -1,0 +1,147 @@
+"""Interruptions, atomic checkpoints, numerical faults and secrets, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tunelab.callbacks.reliability import AtomicCheckpointIO
+from tunelab.models.loaders.checkpoint import read_checkpoint
+
+
+def base_args(toy_file: Path, run_dir: Path) -> list[str]:
+    return [
+        "model=tiny-gpt2", "trainer=cpu", "data=instructions_file", f"data.path={toy_file}",
+        "data.split=[1.0,0.0,0.0]", "data.batch_size=2", "trainer.max_epochs=6",
+        "trainer.check_val_every_n_epoch=100", "callbacks.periodic_checkpoint.every_n_steps=2",
+        "~callbacks.responses", "~callbacks.progress_bar", "extras.print_config=false",
+        "optimizer.lr=3e-3", f"hydra.run.dir={run_dir}", "optimized_metric=null",
+    ]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "-m", "tunelab.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 24
+    return ckpt["state_dict"]
+
+
+def interrupt_and_resume(toy_file: Path, tmp_path: Path, sig: int) -> None:
+    reference, interrupted = tmp_path / "ref", tmp_path / "cut"
+    code, err = finish(start(base_args(toy_file, reference)))
+    assert code == 0, err[-3000:]
+    proc = start(base_args(toy_file, interrupted))
+    last = interrupted / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    finish(proc)
+    step_at_cut = read_checkpoint(last)["global_step"]
+    assert 0 < step_at_cut < 24
+    code, err = finish(start([*base_args(toy_file, interrupted), "ckpt_path=last"]))
+    assert code == 0, err[-3000:]
+    a, b = final_weights(reference), final_weights(interrupted)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, toy_file):
+    interrupt_and_resume(toy_file, tmp_path, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, toy_file):
+    interrupt_and_resume(toy_file, tmp_path, signal.SIGKILL)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is killed mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, toy_file):
+    run = tmp_path / "run"
+    args = [a for a in base_args(toy_file, run) if not a.startswith("optimizer.lr")]
+    code, err = finish(start([*args, "optimizer.lr=1e35", "callbacks.grad_clip.max_norm=1e30"]))
+    assert code == 1, err[-3000:]
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("error: non-finite ") and " at step " in last_line, err[-2000:]
+    assert "Traceback" not in err
+    last = run / "checkpoints" / "last.ckpt"
+    if last.exists():  # written before the fault: must hold finite weights
+        state = read_checkpoint(last)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_skip_policy_counts_non_finite_batches():
+    from tunelab.models.config import Config
+    from tunelab.models.decoder import Decoder
+    from tunelab.models.tokenizer import gpt2_tokenizer
+    from tunelab.tasks.sft import SFTTask
+
+    task = SFTTask(Decoder(Config.from_preset("tiny-gpt2")), gpt2_tokenizer(), "alpaca",
+                   on_nonfinite="skip")
+    task.log = lambda *a, **k: None
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "targets": torch.tensor([[2, 3, 4]])}
+    with torch.no_grad():
+        task.model.wte.weight[1] = float("nan")
+    assert task.training_step(batch, 0) is None
+    assert task.skipped_batches == 1
+    with pytest.raises(ValueError, match="expected 'stop' or 'skip'"):
+        SFTTask(task.model, task.tokenizer, "alpaca", on_nonfinite="ignore")
+
+
+def test_api_keys_never_reach_the_run_folder(tmp_path, toy_file):
+    secret = "sk-PLANTED-0123456789abcdef"
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "OPENAI_API_KEY": secret, "WANDB_API_KEY": secret}
+    args = [*base_args(toy_file, run), "trainer.max_epochs=1", "logger=many"]
+    res = subprocess.run([sys.executable, "-m", "tunelab.train", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".ckpt" for p in files)
+    leaks = [p for p in files if secret.encode() in p.read_bytes()]
+    assert leaks == []
+    assert secret not in res.stdout + res.stderr
+
+
+def test_a_secret_written_into_the_config_is_refused(tmp_path, toy_file):
+    args = [*base_args(toy_file, tmp_path / "run"), "+logger.wandb_api_key=sk-literal"]
+    res = subprocess.run([sys.executable, "-m", "tunelab.train", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "error: config key logger.wandb_api_key holds a secret value" in res.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
