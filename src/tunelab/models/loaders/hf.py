@@ -98,55 +98,44 @@ def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
     return out
 
 
+def gpt2_name_map(cfg: Config) -> list[tuple[str, str, bool]]:
+    """(HF GPT-2 name, tunelab name, transposed) for every tensor; Conv1D weights are transposed."""
+    names = [
+        ("wte.weight", "wte.weight", False),
+        ("wpe.weight", "wpe.weight", False),
+        ("ln_f.weight", "norm_f.weight", False),
+        ("ln_f.bias", "norm_f.bias", False),
+    ]
+    layers = [
+        ("ln_1", "norm1", False),
+        ("ln_2", "norm2", False),
+        ("attn.c_attn", "attn.qkv", True),
+        ("attn.c_proj", "attn.proj", True),
+        ("mlp.c_fc", "mlp.fc", True),
+        ("mlp.c_proj", "mlp.proj", True),
+    ]
+    for i in range(cfg.n_layer):
+        for hf, ours, conv1d in layers:
+            names.append((f"h.{i}.{hf}.weight", f"blocks.{i}.{ours}.weight", conv1d))
+            names.append((f"h.{i}.{hf}.bias", f"blocks.{i}.{ours}.bias", False))
+    return names
+
+
 def gpt2_to_tunelab(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     s = _strip(state, ("transformer.",))
     out = {
-        "wte.weight": s["wte.weight"],
-        "wpe.weight": s["wpe.weight"],
-        "norm_f.weight": s["ln_f.weight"],
-        "norm_f.bias": s["ln_f.bias"],
+        ours: s[hf].t().contiguous() if conv1d else s[hf] for hf, ours, conv1d in gpt2_name_map(cfg)
     }
-    conv1d = {
-        "attn.c_attn": "attn.qkv",
-        "attn.c_proj": "attn.proj",
-        "mlp.c_fc": "mlp.fc",
-        "mlp.c_proj": "mlp.proj",
-    }
-    for i in range(cfg.n_layer):
-        h, b = f"h.{i}.", f"blocks.{i}."
-        for src, dst in (("ln_1", "norm1"), ("ln_2", "norm2")):
-            out[b + dst + ".weight"] = s[h + src + ".weight"]
-            out[b + dst + ".bias"] = s[h + src + ".bias"]
-        for src, dst in conv1d.items():
-            out[b + dst + ".weight"] = s[h + src + ".weight"].t().contiguous()
-            out[b + dst + ".bias"] = s[h + src + ".bias"]
     out["lm_head.weight"] = out["wte.weight"]
     return out
 
 
 def tunelab_to_gpt2(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Inverse of `gpt2_to_tunelab` (used to write HF folders, e.g. for tests and export)."""
-    out = {
-        "wte.weight": state["wte.weight"],
-        "wpe.weight": state["wpe.weight"],
-        "ln_f.weight": state["norm_f.weight"],
-        "ln_f.bias": state["norm_f.bias"],
+    return {
+        hf: (state[ours].t() if conv1d else state[ours]).contiguous().clone()
+        for hf, ours, conv1d in gpt2_name_map(cfg)
     }
-    conv1d = {
-        "attn.c_attn": "attn.qkv",
-        "attn.c_proj": "attn.proj",
-        "mlp.c_fc": "mlp.fc",
-        "mlp.c_proj": "mlp.proj",
-    }
-    for i in range(cfg.n_layer):
-        h, b = f"h.{i}.", f"blocks.{i}."
-        for dst, src in (("ln_1", "norm1"), ("ln_2", "norm2")):
-            out[h + dst + ".weight"] = state[b + src + ".weight"]
-            out[h + dst + ".bias"] = state[b + src + ".bias"]
-        for dst, src in conv1d.items():
-            out[h + dst + ".weight"] = state[b + src + ".weight"].t().contiguous()
-            out[h + dst + ".bias"] = state[b + src + ".bias"]
-    return {k: v.contiguous().clone() for k, v in out.items()}
 
 
 def llama_to_tunelab(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
