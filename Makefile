@@ -30,5 +30,12 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/ruff check src tests benchmarks experiments
 
+# Side-by-side benchmarks against the peers (benchmarks/README.md). llms-from-scratch with
+# --no-deps: its own pins (tensorflow, jupyterlab, numpy<2.1) serve only its notebooks.
+bench: setup
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	$(BIN)/pip install -q --no-deps llms-from-scratch==1.0.19
+	$(BIN)/python -m benchmarks.run
+
 clean:
 	rm -rf $(VENV) logs .pytest_cache

@@ -21,6 +21,7 @@ GROUPS = [
     "prompt",
     "optimizer",
     "callbacks",
+    "judge",
     "logger",
     "trainer",
     "debug",
@@ -44,7 +45,7 @@ def options() -> list[tuple[str, str]]:
 
 def extra_overrides(group: str, name: str, toy_file: Path) -> list[str]:
     extra = []
-    if (group, name) == ("data", "instructions_file"):
+    if (group, name) in (("data", "instructions_file"), ("data", "preferences_file")):
         extra.append(f"data.path={toy_file}")
     if (group, name) == ("data", "text_files"):
         extra.append(f"data.new={toy_file}")  # read at setup(), not when instantiated

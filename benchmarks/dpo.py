@@ -1,0 +1,271 @@
+"""DPO pairs/s and peak RSS: tunelab's DPOTask (reference log-probs precomputed) vs TRL's
+DPOTrainer (its default: a reference model run beside the policy on every step).
+
+Both train the same GPT-2 weights on the same token ids (tunelab's tokenisation of the embedded
+preference pairs, passed to TRL already tokenised), batch `--dpo-batch-size` pairs, the same
+batches in the same order. tunelab computes the reference log-probs once, before training (that
+one-off forward is timed and reported as `precompute_s`, and folded into an amortised rate).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from benchmarks.common import build_hf_model, hf_gpt2_tokenizer, ratio_stats, write_json
+from benchmarks.contenders import (
+    Contender,
+    _common_hf_args,
+    _hf_callback,
+    _PausableRun,
+    _sequential,
+    tunelab_optimizer_factory,
+)
+
+
+def dpo_batches(batch_size: int, max_length: int, seed: int):
+    """Preference pairs (tunelab's token ids) in the first-epoch order of tunelab's loader."""
+    from tunelab.data.preference import PreferenceDataModule
+    from tunelab.models.tokenizer import gpt2_tokenizer
+
+    dm = PreferenceDataModule(batch_size=batch_size, max_length=max_length, seed=seed)
+    dm.connect(gpt2_tokenizer(), "alpaca")
+    dm.setup()
+    examples = dm.datasets["train"].examples
+    return [[examples[i] for i in idx] for idx in dm.train_dataloader().batch_sampler]
+
+
+class DPOContender(Contender):
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        data = json.loads(Path(spec["batches"]).read_text())
+        self.batches: list[list[dict[str, list[int]]]] = data["batches"]
+        self.warmup = spec["warmup"]
+        self.per_segment = spec["warmup"] + spec["steps"]
+        self.first = spec.get("first_segment", 0)
+        self.n_segments = spec["segments"]
+
+    def own_pairs(self) -> list[dict[str, list[int]]]:
+        start = self.first * self.per_segment
+        return [
+            p for b in self.batches[start : start + self.n_segments * self.per_segment] for p in b
+        ]
+
+    def timed(self, ends: list[float]) -> float:
+        return ends[-1] - ends[self.warmup - 1]
+
+
+class TunelabDPO(DPOContender):
+    """DPOTask(reference="precomputed") in a Lightning Trainer; packed rows when `packing`."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        from tunelab.data.preference import PairExample, PreferenceDataModule, PreferenceDataset
+        from tunelab.data.records import Record
+        from tunelab.models.tokenizer import gpt2_tokenizer
+        from tunelab.tasks.dpo import DPOTask
+
+        tok = gpt2_tokenizer()
+        pairs = self.own_pairs()
+        self.examples = [
+            PairExample(p["prompt"], p["chosen"], p["rejected"], i, Record(""))
+            for i, p in enumerate(pairs)
+        ]
+        packing, max_length = spec["packing"], spec["max_length"]
+
+        class Segment(PreferenceDataModule):
+            """The given examples in the given order (no shuffling, no val split)."""
+
+            def __init__(self, examples: list[PairExample]) -> None:
+                super().__init__(batch_size=spec["batch_size"], max_length=max_length)
+                self.packing = packing
+                self.connect(tok, "alpaca")
+                self.datasets = {"train": PreferenceDataset(examples)}
+
+            def train_dataloader(self) -> DataLoader:
+                return self._loader("train", shuffle=False)
+
+        self.Segment = Segment
+        self.task = DPOTask(
+            model=self.tunelab_model(),
+            tokenizer=tok,
+            prompt_style="alpaca",
+            optimizer=tunelab_optimizer_factory(),
+            beta=0.1,
+            loss_type="sigmoid",
+            reference="precomputed",
+        )
+        # the one-off reference pass over every pair this run will train on
+        t = time.perf_counter()
+        self.task.precompute_reference(Segment(self.examples), splits=("train",))
+        self.precompute_s = time.perf_counter() - t
+        self.n_pairs = len(self.examples)
+
+    def segment(self, index: int, **_: Any) -> dict[str, Any]:
+        import lightning as L
+
+        from tunelab.callbacks.grad_clip import GradClip
+
+        ends: list[float] = []
+
+        class Timer(L.Callback):
+            def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+                ends.append(time.perf_counter())
+
+        start = (index - self.first) * self.per_segment * self.spec["batch_size"]
+        examples = self.examples[start : start + self.per_segment * self.spec["batch_size"]]
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            precision="32-true",
+            max_steps=self.per_segment,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[GradClip(max_norm=1.0), Timer()],
+        )
+        trainer.fit(self.task, datamodule=self.Segment(examples))
+        self.task.trainer = None  # let the trainer (and its optimizer state) go
+        del trainer
+        return {
+            "seconds": self.timed(ends),
+            "precompute_s": self.precompute_s,
+            "precomputed_pairs": self.n_pairs,
+        }
+
+
+class TrlDPO(DPOContender):
+    """TRL's DPOTrainer with its defaults (sigmoid loss, beta 0.1, reference model beside the
+    policy); `precompute_ref_log_probs` in the spec switches to TRL's own precomputation."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        n_segments = self.n_segments
+        pairs = self.own_pairs()
+        data = Dataset.from_dict(
+            {
+                "prompt_ids": [p["prompt"] for p in pairs],
+                "chosen_ids": [p["chosen"] for p in pairs],
+                "rejected_ids": [p["rejected"] for p in pairs],
+            }
+        )
+
+        class PreTokenized(_sequential(DPOTrainer)):
+            """tunelab's token ids as they are (TRL would re-tokenise the text itself)."""
+
+            def _prepare_dataset(self, dataset, *args: Any, **kwargs: Any):
+                return dataset
+
+        self.run = _PausableRun(self.per_segment)
+        self.tmp = tempfile.mkdtemp(prefix="trl_dpo_")
+        precompute = bool(spec.get("precompute_ref_log_probs", False))
+        args = DPOConfig(
+            **_common_hf_args(spec, self.tmp, n_segments * self.per_segment),
+            beta=0.1,
+            loss_type=["sigmoid"],
+            max_length=spec["max_length"] + 1,  # no truncation: tunelab already cut the pairs
+            precompute_ref_log_probs=precompute,
+        )
+        t = time.perf_counter()
+        self.trainer = PreTokenized(
+            model=build_hf_model(Path(spec["hf_dir"])),
+            args=args,
+            train_dataset=data,
+            processing_class=hf_gpt2_tokenizer(),
+            callbacks=[_hf_callback(self.run)],
+        )
+        self.setup_s = time.perf_counter() - t
+        self.next_index = self.first
+
+    def segment(self, index: int, **_: Any) -> dict[str, Any]:
+        if index != self.next_index:
+            raise ValueError(f"TRL segments run in order: expected {self.next_index}, got {index}")
+        self.next_index += 1
+        ends = self.run.next_segment(self.trainer.train)
+        return {"seconds": self.timed(ends), "setup_s": self.setup_s}
+
+
+def run(args, base: dict[str, Any], workdir: Path, one_shot, rotated) -> dict[str, Any]:
+    """Pairs/s per paired repeat, peak RSS per contender, and the ratios."""
+    import importlib.util
+
+    batches = dpo_batches(args.dpo_batch_size, args.max_length, args.seed)
+    per_segment = args.warmup + args.steps
+    need = per_segment * args.repeats
+    if len(batches) < need:
+        raise ValueError(f"dpo: {need} batches needed, the data has {len(batches)}")
+    path = workdir / "dpo_batches.json"
+    write_json(
+        path,
+        {
+            "batches": [
+                [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in b]
+                for b in batches[:need]
+            ]
+        },
+    )
+    spec = {
+        **base,
+        "batches": str(path),
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "segments": args.repeats,
+        "batch_size": args.dpo_batch_size,
+        "max_length": args.max_length,
+        "packing": True,
+    }
+    names = ["tunelab_dpo"]
+    if all(importlib.util.find_spec(m) for m in ("trl", "transformers", "datasets")):
+        names.append("trl_dpo")
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    rss: dict[str, list[float]] = {n: [] for n in names}
+    extra: dict[str, Any] = {}
+    pairs_per_segment = args.steps * args.dpo_batch_size
+    for r in range(args.repeats):
+        for name in rotated(names, r):
+            (out,), peak = one_shot(name, spec, workdir, r, [{}])
+            rss[name].append(peak)
+            seconds[name].append(out["seconds"])
+            extra.setdefault(name, []).append(
+                {k: v for k, v in out.items() if k.endswith(("_s", "_pairs"))}
+            )
+            rate = pairs_per_segment / out["seconds"]
+            print(f"  dpo repeat {r} {name}: {rate:.2f} pairs/s, {peak:.0f} MiB", flush=True)
+    rates = {k: [pairs_per_segment / s for s in v] for k, v in seconds.items()}
+    res: dict[str, Any] = {
+        "pairs_per_segment": pairs_per_segment,
+        "pairs_per_s": rates,
+        "seconds": seconds,
+        "peak_rss_mib": {n: max(v) for n, v in rss.items()},
+        "peak_rss_mib_per_repeat": rss,
+        "extra": extra,
+        "ratios": {},
+    }
+    if "trl_dpo" in rates:
+        res["ratios"]["vs_trl"] = ratio_stats(
+            [a / b for a, b in zip(rates["tunelab_dpo"], rates["trl_dpo"], strict=True)]
+        )
+        res["ratios"]["peak_rss_vs_trl"] = ratio_stats(
+            [a / b for a, b in zip(rss["tunelab_dpo"], rss["trl_dpo"], strict=True)]
+        )
+        # the one-off reference pass (per pair) added to each step's time per pair: the rate
+        # over one epoch, when every pair is trained on once
+        amortised = [
+            1 / (s / pairs_per_segment + e["precompute_s"] / e["precomputed_pairs"])
+            for s, e in zip(seconds["tunelab_dpo"], extra["tunelab_dpo"], strict=True)
+        ]
+        res["ratios"]["vs_trl_amortised_precompute"] = ratio_stats(
+            [a / b for a, b in zip(amortised, rates["trl_dpo"], strict=True)]
+        )
+    return res
