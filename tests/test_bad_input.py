@@ -37,26 +37,56 @@ DATA_CASES = [
     ("malformed-json", "d.json", '[{"instruction": "a",', r"d\.json: malformed JSON \(.* line 1"),
     ("malformed-jsonl-line", "d.jsonl", OK + "\n{oops}\n", r"d\.jsonl:2: malformed JSON line"),
     ("not-a-list", "d.json", '{"instruction": "a"}', r"d\.json: expected a JSON list of records"),
-    ("record-not-object", "d.json", '["just text"]', r"d\.json\[0\]: expected a JSON object, got str"),
-    ("wrong-type", "d.jsonl", '{"instruction": ["a"], "output": "b"}',
-     r"d\.jsonl:1: field 'instruction' must be a string, got list"),
+    (
+        "record-not-object",
+        "d.json",
+        '["just text"]',
+        r"d\.json\[0\]: expected a JSON object, got str",
+    ),
+    (
+        "wrong-type",
+        "d.jsonl",
+        '{"instruction": ["a"], "output": "b"}',
+        r"d\.jsonl:1: field 'instruction' must be a string, got list",
+    ),
     ("missing-output", "d.json", '[{"instruction": "a"}]', r"d\.json\[0\]: missing field 'output'"),
-    ("empty-field", "d.jsonl", '{"instruction": "  ", "output": "b"}',
-     r"d\.jsonl:1: field 'instruction' is empty"),
-    ("non-utf8", "d.jsonl", b'{"instruction": "caf\xe9", "output": "b"}', r"d\.jsonl: not valid UTF-8"),
+    (
+        "empty-field",
+        "d.jsonl",
+        '{"instruction": "  ", "output": "b"}',
+        r"d\.jsonl:1: field 'instruction' is empty",
+    ),
+    (
+        "non-utf8",
+        "d.jsonl",
+        b'{"instruction": "caf\xe9", "output": "b"}',
+        r"d\.jsonl: not valid UTF-8",
+    ),
     ("empty-file", "d.jsonl", "\n\n", r"d\.jsonl: no records"),
-    ("unknown-role", "d.jsonl",
-     '{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}',
-     r"d\.jsonl:1: messages\[0\]: unknown role 'wizard'"),
-    ("chat-without-answer", "d.jsonl", '{"messages": [{"role": "user", "content": "x"}]}',
-     r"d\.jsonl:1: 'messages' must end with an assistant message"),
-    ("bad-history", "d.jsonl", '{"instruction": "a", "output": "b", "history": [["only one"]]}',
-     r"d\.jsonl:1: history\[0\] must be a \[user, assistant\] pair"),
+    (
+        "unknown-role",
+        "d.jsonl",
+        '{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+        r"d\.jsonl:1: messages\[0\]: unknown role 'wizard'",
+    ),
+    (
+        "chat-without-answer",
+        "d.jsonl",
+        '{"messages": [{"role": "user", "content": "x"}]}',
+        r"d\.jsonl:1: 'messages' must end with an assistant message",
+    ),
+    (
+        "bad-history",
+        "d.jsonl",
+        '{"instruction": "a", "output": "b", "history": [["only one"]]}',
+        r"d\.jsonl:1: history\[0\] must be a \[user, assistant\] pair",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "pattern"), [c[1:] for c in DATA_CASES],
-                         ids=[c[0] for c in DATA_CASES])
+@pytest.mark.parametrize(
+    ("name", "content", "pattern"), [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES]
+)
 def test_bad_data_files(tmp_path, name, content, pattern):
     with pytest.raises(DataError, match=pattern) as info:
         load_records(write(tmp_path, name, content))
@@ -78,8 +108,9 @@ def test_over_long_records_are_truncated_and_counted(tmp_path, caplog):
     from tunelab.models.tokenizer import gpt2_tokenizer
 
     rows = [{"instruction": "word " * 300, "output": "b"}, json.loads(OK)]
-    dm = SFTDataModule(path=str(write(tmp_path, "d.json", json.dumps(rows))), split=(1.0, 0, 0),
-                       max_length=64)
+    dm = SFTDataModule(
+        path=str(write(tmp_path, "d.json", json.dumps(rows))), split=(1.0, 0, 0), max_length=64
+    )
     dm.connect(gpt2_tokenizer(), "alpaca")
     with caplog.at_level("WARNING"):
         dm.setup()
@@ -94,7 +125,9 @@ def test_config_value_errors():
         get_style("vicuna")
     with pytest.raises(ValueError, match="schedule: expected 'cosine' or 'constant', got 'step'"):
         WarmupCosineLR(schedule="step")
-    with pytest.raises(ValueError, match="split fractions must be three non-negative numbers summing to 1"):
+    with pytest.raises(
+        ValueError, match="split fractions must be three non-negative numbers summing to 1"
+    ):
         split_records([1, 2], (0.5, 0.6, 0.1), seed=0)
     with pytest.raises(ValueError, match="unknown model config keys \\['n_layers'\\]"):
         Config.from_dict({"n_layers": 3})
@@ -127,7 +160,9 @@ def test_hf_folder_errors(tmp_path):
         load_hf_folder(tmp_path / "empty")
     folder = save_hf_gpt2(Decoder(Config.from_preset("tiny-gpt2")), tmp_path / "g")
     (folder / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="no weights file; expected one of model.safetensors"):
+    with pytest.raises(
+        FileNotFoundError, match="no weights file; expected one of model.safetensors"
+    ):
         load_hf_folder(folder)
     with pytest.raises(FileNotFoundError, match="is neither a preset"):
         load_model(str(tmp_path / "no-such-model"))
@@ -144,8 +179,15 @@ CLI_CASES = [
 
 @pytest.mark.parametrize(("overrides", "expected"), CLI_CASES, ids=[c[1][:30] for c in CLI_CASES])
 def test_cli_config_errors_are_one_line(tmp_path, overrides, expected):
-    cmd = [sys.executable, "-m", "tunelab.train", "trainer=cpu", f"hydra.run.dir={tmp_path}",
-           "extras.print_config=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunelab.train",
+        "trainer=cpu",
+        f"hydra.run.dir={tmp_path}",
+        "extras.print_config=false",
+        *overrides,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert expected in res.stderr, res.stderr[-2000:]

@@ -19,18 +19,34 @@ from tunelab.models.loaders.checkpoint import read_checkpoint
 
 def base_args(toy_file: Path, run_dir: Path) -> list[str]:
     return [
-        "model=tiny-gpt2", "trainer=cpu", "data=instructions_file", f"data.path={toy_file}",
-        "data.split=[1.0,0.0,0.0]", "data.batch_size=2", "trainer.max_epochs=6",
-        "trainer.check_val_every_n_epoch=100", "callbacks.periodic_checkpoint.every_n_steps=2",
-        "~callbacks.responses", "~callbacks.progress_bar", "extras.print_config=false",
-        "optimizer.lr=3e-3", f"hydra.run.dir={run_dir}", "optimized_metric=null",
+        "model=tiny-gpt2",
+        "trainer=cpu",
+        "data=instructions_file",
+        f"data.path={toy_file}",
+        "data.split=[1.0,0.0,0.0]",
+        "data.batch_size=2",
+        "trainer.max_epochs=6",
+        "trainer.check_val_every_n_epoch=100",
+        "callbacks.periodic_checkpoint.every_n_steps=2",
+        "~callbacks.responses",
+        "~callbacks.progress_bar",
+        "extras.print_config=false",
+        "optimizer.lr=3e-3",
+        f"hydra.run.dir={run_dir}",
+        "optimized_metric=null",
     ]
 
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.Popen([sys.executable, "-m", "tunelab.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunelab.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
@@ -111,8 +127,9 @@ def test_skip_policy_counts_non_finite_batches():
     from tunelab.models.tokenizer import gpt2_tokenizer
     from tunelab.tasks.sft import SFTTask
 
-    task = SFTTask(Decoder(Config.from_preset("tiny-gpt2")), gpt2_tokenizer(), "alpaca",
-                   on_nonfinite="skip")
+    task = SFTTask(
+        Decoder(Config.from_preset("tiny-gpt2")), gpt2_tokenizer(), "alpaca", on_nonfinite="skip"
+    )
     task.log = lambda *a, **k: None
     batch = {"input_ids": torch.tensor([[1, 2, 3]]), "targets": torch.tensor([[2, 3, 4]])}
     with torch.no_grad():
@@ -128,8 +145,14 @@ def test_api_keys_never_reach_the_run_folder(tmp_path, toy_file):
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "OPENAI_API_KEY": secret, "WANDB_API_KEY": secret}
     args = [*base_args(toy_file, run), "trainer.max_epochs=1", "logger=many"]
-    res = subprocess.run([sys.executable, "-m", "tunelab.train", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunelab.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     files = [p for p in run.rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".ckpt" for p in files)
@@ -140,8 +163,13 @@ def test_api_keys_never_reach_the_run_folder(tmp_path, toy_file):
 
 def test_a_secret_written_into_the_config_is_refused(tmp_path, toy_file):
     args = [*base_args(toy_file, tmp_path / "run"), "+logger.wandb_api_key=sk-literal"]
-    res = subprocess.run([sys.executable, "-m", "tunelab.train", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "tunelab.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 1
     assert "error: config key logger.wandb_api_key holds a secret value" in res.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()

@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT
 from tunelab.models.loaders.checkpoint import read_checkpoint
 from tunelab.summarize import main as summarize_main
 from tunelab.utils.wandb_files import offline_runs, read_offline_run

@@ -145,6 +145,16 @@ def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def group_order(rows: list[dict[str, Any]], key: str = "group") -> list[str]:
+    """Groups by falling forgetting at r = 0 (the forgetting regime first), then by name."""
+    f0: dict[str, list[float]] = {}
+    for r in rows:
+        if r["replay_ratio"] == 0.0:
+            f0.setdefault(r[key], []).append(r["forgetting"])
+    names = {r[key] for r in rows}
+    return sorted(names, key=lambda g: (-sum(f0.get(g, [0.0])) / len(f0.get(g, [0.0])), g))
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -170,19 +180,21 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "| forgetting recovered vs r = 0 |"
         )
         out.append("|---:|---:|---:|---:|---:|---:|---:|")
-        for m in means:
+        order = group_order(means)
+        for m in sorted(means, key=lambda m: (order.index(m["group"]), m["replay_ratio"])):
             rec = "n/a" if m["recovered"] is None else f"{100 * m['recovered']:.0f}%"
             label = "" if m["group"] == "-" else f" ({m['group']})"
+            spans = {
+                k: f" [{_fmt(m[k + '_min'])}, {_fmt(m[k + '_max'])}]" if m["n"] > 1 else ""
+                for k in ("forgetting", "adaptation")
+            }
             out.append(
                 f"| {m['replay_ratio']:g}{label} | {m['n']} | {m['old_loss']:.4f} "
-                f"| {m['new_loss']:.4f} "
-                f"| {_fmt(m['forgetting'])} [{_fmt(m['forgetting_min'])}, "
-                f"{_fmt(m['forgetting_max'])}] "
-                f"| {_fmt(m['adaptation'])} [{_fmt(m['adaptation_min'])}, "
-                f"{_fmt(m['adaptation_max'])}] | {rec} |"
+                f"| {m['new_loss']:.4f} | {_fmt(m['forgetting'])}{spans['forgetting']} "
+                f"| {_fmt(m['adaptation'])}{spans['adaptation']} | {rec} |"
             )
         out.append("")
-    groups = sorted({r["group"] for r in rows})
+    groups = group_order(rows)
     for g in groups:
         sub = [r for r in rows if r["group"] == g]
         if len(groups) > 1:
@@ -234,50 +246,36 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    groups = sorted({r["group"] for r in rows})
     xs_all = sorted({r["replay_ratio"] for r in rows})
     # Symmetric-log x axis: the interesting part is the first few percent of replay.
     means = seed_means(rows)
-    bases = sorted({m["group"] for m in means})
-    several_seeds = any(m["n"] > 1 for m in means)
+    bases = group_order(means)
     for i, g in enumerate(bases):
         sub = [m for m in means if m["group"] == g]
         xs = [m["replay_ratio"] for m in sub]
+        seeds = max(m["n"] for m in sub)
         label = ("" if len(bases) == 1 else f" ({g})") + (
-            " (mean of seeds)" if several_seeds else ""
+            f" (mean of {seeds} seeds)" if seeds > 1 else ""
         )
         style = ("-", "--") if i == 0 else ("-.", ":")
-        ax1.plot(
-            xs,
-            [m["forgetting"] for m in sub],
-            "o" + style[0],
-            color=f"C{3 + 2 * i}",
-            label="forgetting" + label,
-        )
-        ax1.plot(
-            xs,
-            [m["adaptation"] for m in sub],
-            "s" + style[1],
-            color=f"C{2 * i}",
-            label="adaptation" + label,
-        )
-    if several_seeds:  # every job as a faint point
-        ax1.scatter(
-            [r["replay_ratio"] for r in rows],
-            [r["forgetting"] for r in rows],
-            s=12,
-            color="C3",
-            alpha=0.4,
-        )
-        ax1.scatter(
-            [r["replay_ratio"] for r in rows],
-            [r["adaptation"] for r in rows],
-            s=12,
-            color="C0",
-            alpha=0.4,
-        )
+        colors = (f"C{3 + 2 * i}", f"C{2 * i}")
+        for key, marker, ls, color in (
+            ("forgetting", "o", style[0], colors[0]),
+            ("adaptation", "s", style[1], colors[1]),
+        ):
+            ax1.plot(xs, [m[key] for m in sub], marker + ls, color=color, label=key + label)
+            if seeds > 1:  # every job of the group as a faint point
+                jobs = [r for r in rows if _base_group(r["group"]) == g]
+                ax1.scatter(
+                    [r["replay_ratio"] for r in jobs],
+                    [r[key] for r in jobs],
+                    s=12,
+                    color=color,
+                    alpha=0.4,
+                )
     ax1.axhline(0.0, color="grey", lw=0.8)
     ax1.set_xscale("symlog", linthresh=0.01)
+    ax1.set_xlim(-0.002, max(xs_all) * 1.15 if xs_all else 1.0)
     ax1.set_xticks(xs_all)
     ax1.set_xticklabels([f"{x:g}" for x in xs_all])
     ax1.set_xlabel("replay ratio r (fraction of training blocks from the old domain)")
@@ -287,7 +285,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     )
     ax1.legend(fontsize=8)
     cmap = plt.get_cmap("viridis")
-    first = [r for r in rows if r["group"] == groups[0]]
+    # Curves of the group that forgets most at r = 0 (the regime the study is about).
+    zero = [r for r in rows if r["replay_ratio"] == 0.0] or rows
+    shown = max(zero, key=lambda r: r["forgetting"])["group"]
+    first = [r for r in rows if r["group"] == shown]
     for i, r in enumerate(sorted(first, key=lambda r: r["replay_ratio"])):
         curves = read_curve(r.get("job_path", Path(r["job"])))
         color = cmap(i / max(1, len(first) - 1))
@@ -300,7 +301,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax2.plot([], [], ":", color="k", label="new (Python)")
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("held-out loss (nats/token)")
-    ax2.set_title("held-out loss during continued pretraining", fontsize=9)
+    title = "held-out loss during continued pretraining"
+    ax2.set_title(title + ("" if shown == "-" else f" ({shown})"), fontsize=9)
     ax2.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

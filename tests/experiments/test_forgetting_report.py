@@ -17,10 +17,13 @@ sys.path.insert(0, str(ROOT / "experiments" / "forgetting_replay"))
 import report  # noqa: E402
 
 
-def fake_job(folder: Path, ratio: float, lr: str, forgetting: float, adaptation: float) -> None:
+def fake_job(
+    folder: Path, ratio: float, lr: str, forgetting: float, adaptation: float, seed: int = 0
+) -> None:
     """A job folder as tunelab.train writes it (only what report.py reads)."""
     (folder / ".hydra").mkdir(parents=True)
     overrides = [f"data.replay_ratio={ratio}", f"optimizer.lr={lr}", "experiment=cpt_replay"]
+    overrides += [f"seed={seed}"] if seed else []
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     cfg = {
         "seed": 123,
@@ -63,7 +66,23 @@ def test_report_table_and_recovered_fraction_by_hand(tmp_path):
     table = report.markdown_table(rows)
     assert "| 0.1 | 0.1000 | 3.0500 | 1.5200 | +0.0500 | +0.4800 | 75% |" in table
     assert "| 0.1 | 0.1000 | 3.0100 | 1.7100 | +0.0100 | +0.2900 | n/a |" in table
-    assert report.main([str(sweep), "--out", str(tmp_path / "out"), "--no-plot"]) == 0
+    # A second seed of the lr=3e-4 group: the means table averages the two.
+    fake_job(sweep / "seed2" / "0", 0.0, "3e-4", 0.4, 0.5, seed=2)
+    fake_job(sweep / "seed2" / "1", 0.1, "3e-4", 0.15, 0.44, seed=2)
+    rows = report.collect(sweep)
+    means = {(m["group"], m["replay_ratio"]): m for m in report.seed_means(rows)}
+    m = means[("optimizer.lr=3e-4", 0.1)]
+    assert m["n"] == 2 and m["forgetting"] == pytest.approx(0.1)
+    assert m["recovered"] == pytest.approx(1 - 0.1 / 0.3)
+    assert means[("optimizer.lr=3e-4", 0.5)]["n"] == 1
+    table = report.markdown_table(rows)
+    assert "**Mean over seeds** (min to max in brackets)" in table
+    assert "| 0.1 (optimizer.lr=3e-4) | 2 | 3.1000 | 1.5400 | +0.1000 [+0.0500, +0.1500]" in table
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    assert (out / "forgetting.png").exists() and len(
+        (out / "results.csv").read_text().splitlines()
+    ) == 8
     assert report.main([str(tmp_path / "nothing")]) == 1
 
 

@@ -126,7 +126,7 @@ class JudgeEval(L.Callback):
         log_to_loggers(trainer.loggers, result, step=trainer.global_step)
         # train() writes metrics.json from callback_metrics after fit: the judge's numbers too.
         for k, v in result.metrics.items():
-            trainer.callback_metrics[k] = torch.tensor(v)
+            trainer.callback_metrics[k] = torch.tensor(v, dtype=torch.float64)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.judge is not None:

@@ -207,8 +207,16 @@ class SFTDataModule(L.LightningDataModule):
         resume = resume_point(self._resume_state) if split == "train" else None
         if split == "train":
             self._resume_state = None
-        return make_loader(self.datasets[split], self.batch_size, shuffle, self.seed,
-                           self._collate(), self.trainer, self.num_workers, resume)
+        return make_loader(
+            self.datasets[split],
+            self.batch_size,
+            shuffle,
+            self.seed,
+            self._collate(),
+            self.trainer,
+            self.num_workers,
+            resume,
+        )
 
     def state_dict(self) -> dict[str, int]:
         """The data position, so a resumed run continues with the same next batch."""

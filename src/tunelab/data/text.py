@@ -99,7 +99,7 @@ def read_documents(path: Path, text_key: str = "text") -> list[str]:
     text = _read_text(path)
     if not path.name.endswith(JSONL_SUFFIXES):
         return [text] if text.strip() else []
-    docs = []
+    docs, blank = [], 0
     # Split on "\n" only: documents may contain U+2028 and friends, which splitlines() cuts at.
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -119,6 +119,10 @@ def read_documents(path: Path, text_key: str = "text") -> list[str]:
             )
         if value.strip():
             docs.append(value)
+        else:
+            blank += 1
+    if blank:
+        log.info("%s: skipped %d blank %r values", path, blank, text_key)
     return docs
 
 

@@ -107,6 +107,10 @@ class LMTask(L.LightningModule):
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         return self.optimizer_factory(params=[g for g in groups if g["params"]])
 
+    def on_train_start(self) -> None:
+        # Loaders return models in eval mode (ready for inference); training wants train mode.
+        self.model.train()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tunelab"] = checkpoint_metadata(self.model, self.tokenizer, self.prompt_style)
         checkpoint["tunelab"]["tokens_seen"] = self.tokens_seen

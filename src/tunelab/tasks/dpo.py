@@ -128,6 +128,7 @@ class DPOTask(LMTask):
         # Not a child module (object.__setattr__): never trained, never put in train mode, not
         # in the state dict, and moved to the device by hand.
         object.__setattr__(self, "_ref_model", None)
+        self._completion_tokens = 0
 
     @property
     def ref_model(self) -> Decoder | None:

@@ -26,6 +26,12 @@ def conf_dir() -> Path:
     )
 
 
+def _secret_key(key: str) -> bool:
+    """A key whose value would be a secret; `*_env` keys only name the variable holding one."""
+    key = key.lower()
+    return any(m in key for m in SECRET_MARKERS) and not key.endswith("_env")
+
+
 def redact(cfg: Any) -> Any:
     """A plain copy of the config with values of secret-looking keys replaced."""
     if isinstance(cfg, DictConfig):
@@ -39,9 +45,7 @@ def redact(cfg: Any) -> Any:
             return {
                 k: (
                     "***"
-                    if any(m in str(k).lower() for m in SECRET_MARKERS)
-                    and node[k]
-                    and isinstance(node[k], str)
+                    if _secret_key(str(k)) and node[k] and isinstance(node[k], str)
                     else walk(node[k])
                 )
                 for k, v in node.items()
