@@ -180,8 +180,24 @@ def effective_tokens(batch: Sequence[Any]) -> int:
 # ----------------------------------------------------------------------------- measurements
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux `clear_refs`); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_peak_rss_mib() -> float:
+    """Peak RSS over the whole life of this process (not affected by `reset_peak_rss`)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM) in MiB."""
+    """This process's peak resident set size (VmHWM) in MiB, since start or the last reset."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -12,8 +12,8 @@ framework hooks and the optimizer step are all inside it.
 
 from __future__ import annotations
 
+import gc
 import json
-import logging
 import tempfile
 import threading
 import time
@@ -28,9 +28,6 @@ from benchmarks.common import EOT, build_hf_model, build_seed_model, hf_gpt2_tok
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 
-for _name in ("lightning", "lightning.pytorch", "transformers", "trl", "datasets", "accelerate"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
-
 
 class Contender:
     """Base: loads the shared spec (weights paths, batches, segment sizes)."""
@@ -39,11 +36,14 @@ class Contender:
         self.spec = spec
         torch.manual_seed(spec.get("seed", 123))
         self.cfg = Config.from_dict(json.loads(Path(spec["config"]).read_text()))
-        self.state = torch.load(spec["weights"], weights_only=True)
+
+    def load_state(self) -> dict[str, torch.Tensor]:
+        """The shared weights; not kept, so they never count in a contender's memory."""
+        return torch.load(self.spec["weights"], weights_only=True)
 
     def tunelab_model(self) -> Decoder:
         model = Decoder(self.cfg)
-        model.load_state_dict(self.state)
+        model.load_state_dict(self.load_state())
         return model
 
     def segment(self, index: int, **kwargs: Any) -> dict[str, Any]:
@@ -173,8 +173,9 @@ class TunelabSFT(SFTContender):
             callbacks=[GradClip(max_norm=1.0), Timer()],
         )
         trainer.fit(self.task, train_dataloaders=self.loader(index))
-        self.task.trainer = None  # let the trainer (and its optimizer state) go
-        del trainer
+        self.task.trainer = None  # let the trainer (and its optimizer state) go: Lightning's
+        del trainer  # objects hold reference cycles, so only a collection frees them before
+        gc.collect()  # the next segment's peak is measured
         return timer.ends
 
     def _plain(self, index: int) -> list[float]:
@@ -194,6 +195,8 @@ class TunelabSFT(SFTContender):
             optimizer.step()
             optimizer.zero_grad()
             ends.append(time.perf_counter())
+        del optimizer, params
+        gc.collect()
         return ends
 
 
@@ -206,7 +209,7 @@ class SeedSFT(SFTContender):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
-        self.model = build_seed_model(self.state, self.cfg)
+        self.model = build_seed_model(self.load_state(), self.cfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.00005, weight_decay=0.1)
 
     def segment(self, index: int, **_: Any) -> dict[str, Any]:
@@ -395,7 +398,7 @@ class SeedGen(GenContender):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
-        self.model = build_seed_model(self.state, self.cfg).eval()
+        self.model = build_seed_model(self.load_state(), self.cfg).eval()
         self.warm()
 
     def generate(self, n: int) -> list[int]:
@@ -447,7 +450,7 @@ class SeedKVGen(GenContender):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
-        self.model = build_seed_model(self.state, self.cfg, kv_cache=True).eval()
+        self.model = build_seed_model(self.load_state(), self.cfg, kv_cache=True).eval()
         for block in self.model.trf_blocks:
             block.att.forward = _cached_attention_forward.__get__(block.att)
         self.warm()

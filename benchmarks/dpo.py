@@ -9,6 +9,7 @@ one-off forward is timed and reported as `precompute_s`, and folded into an amor
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
 import time
@@ -135,6 +136,7 @@ class TunelabDPO(DPOContender):
         trainer.fit(self.task, datamodule=self.Segment(examples))
         self.task.trainer = None  # let the trainer (and its optimizer state) go
         del trainer
+        gc.collect()
         return {
             "seconds": self.timed(ends),
             "precompute_s": self.precompute_s,
@@ -144,7 +146,7 @@ class TunelabDPO(DPOContender):
 
 class TrlDPO(DPOContender):
     """TRL's DPOTrainer with its defaults (sigmoid loss, beta 0.1, reference model beside the
-    policy); `precompute_ref_log_probs` in the spec switches to TRL's own precomputation."""
+    policy); as `trl_dpo_precomputed`, with TRL's own `precompute_ref_log_probs` (at set-up)."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
@@ -169,7 +171,8 @@ class TrlDPO(DPOContender):
 
         self.run = _PausableRun(self.per_segment)
         self.tmp = tempfile.mkdtemp(prefix="trl_dpo_")
-        precompute = bool(spec.get("precompute_ref_log_probs", False))
+        # trl_dpo: TRL's default; trl_dpo_precomputed: TRL's own `precompute_ref_log_probs`
+        precompute = spec.get("contender", "").endswith("_precomputed")
         args = DPOConfig(
             **_common_hf_args(spec, self.tmp, n_segments * self.per_segment),
             beta=0.1,
@@ -227,7 +230,7 @@ def run(args, base: dict[str, Any], workdir: Path, one_shot, rotated) -> dict[st
     }
     names = ["tunelab_dpo"]
     if all(importlib.util.find_spec(m) for m in ("trl", "transformers", "datasets")):
-        names.append("trl_dpo")
+        names += ["trl_dpo", "trl_dpo_precomputed"]
     seconds: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [] for n in names}
     extra: dict[str, Any] = {}
@@ -267,5 +270,12 @@ def run(args, base: dict[str, Any], workdir: Path, one_shot, rotated) -> dict[st
         ]
         res["ratios"]["vs_trl_amortised_precompute"] = ratio_stats(
             [a / b for a, b in zip(amortised, rates["trl_dpo"], strict=True)]
+        )
+    if "trl_dpo_precomputed" in rates:  # like for like: both without a reference forward
+        res["ratios"]["vs_trl_precomputed"] = ratio_stats(
+            [a / b for a, b in zip(rates["tunelab_dpo"], rates["trl_dpo_precomputed"], strict=True)]
+        )
+        res["ratios"]["peak_rss_vs_trl_precomputed"] = ratio_stats(
+            [a / b for a, b in zip(rss["tunelab_dpo"], rss["trl_dpo_precomputed"], strict=True)]
         )
     return res

@@ -1,6 +1,6 @@
 """Run the side-by-side benchmarks and write benchmarks/results.json and the README table.
 
-    python -m benchmarks.run                      # everything (about 15 minutes on 2 cores)
+    python -m benchmarks.run --threads 1          # everything (about an hour on 2 shared vCPUs)
     python -m benchmarks.run --figures sft,gen    # a subset; other figures keep their old values
     python -m benchmarks.run --preset tiny-gpt2 --repeats 2 --steps 1 --new-tokens 8 --out /tmp/r.json
 
@@ -74,7 +74,8 @@ class Worker:
         self.ready = self._read()
         if not self.ready.get("ready"):
             raise RuntimeError(f"{name} failed to start:\n{self.ready.get('error')}")
-        self.peak_rss_mib = self.ready["peak_rss_mib"]
+        self.setup_peak_rss_mib = self.ready["peak_rss_mib"]  # incl. loading the weights
+        self.peak_rss_mib = 0.0  # the largest peak while running segments
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -181,13 +182,16 @@ def run_sft(args, base: dict[str, Any], workdir: Path) -> dict[str, Any]:
         for name in rotated(names, r):
             modes = rotated(["lightning", "plain"], r) if name == "tunelab_sft" else [None]
             calls = [{"mode": m} if m else {} for m in modes]
-            outs, peak = one_shot(name, spec, workdir, r, calls)
-            rss[name] = max(rss.get(name, 0.0), peak)
+            outs, _ = one_shot(name, spec, workdir, r, calls)
             for mode, out in zip(modes, outs, strict=True):
                 key = f"{name}:{mode}" if mode else name
                 seconds[key].append(out["seconds"])
+                rss[key] = max(rss.get(key, 0.0), out["peak_rss_mib"])  # this segment's peak
                 rate = tokens[-1] / out["seconds"]
-                print(f"  sft repeat {r} {key}: {rate:.1f} tok/s, {peak:.0f} MiB", flush=True)
+                print(
+                    f"  sft repeat {r} {key}: {rate:.1f} tok/s, {out['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
     tps = {k: [t / s for t, s in zip(tokens, v, strict=True)] for k, v in seconds.items()}
     tun = tps["tunelab_sft:lightning"]
     out: dict[str, Any] = {
@@ -338,6 +342,27 @@ def table(results: dict[str, Any]) -> str:
             f"| `{key}` | {_fmt(med, pct)} | {_fmt(st['min'], pct)} | {_fmt(st['max'], pct)} "
             f"| {st['n']} | {op} {_fmt(goal, pct)} | {'yes' if met else 'no'} |"
         )
+    headline = {
+        ("sft", "vs_seed"),
+        ("sft", "vs_trl"),
+        ("dpo", "vs_trl"),
+        ("dpo", "peak_rss_vs_trl"),
+        ("gen", "vs_seed"),
+        ("gen", "vs_seed_kv"),
+    }
+    others = [
+        (fig, key, st)
+        for fig in ("sft", "gen", "dpo")
+        for key, st in results.get(fig, {}).get("ratios", {}).items()
+        if (fig, key) not in headline
+    ]
+    if others:
+        lines += ["", "| other ratio | median | min | max | n |", "| --- | --- | --- | --- | --- |"]
+        for fig, key, st in others:
+            lines.append(
+                f"| {fig} `{key}` | {_fmt(st['median'])} | {_fmt(st['min'])} | "
+                f"{_fmt(st['max'])} | {st['n']} |"
+            )
     lines += ["", "| contender | figure | median | peak RSS (MiB) |", "| --- | --- | --- | --- |"]
     import statistics
 
@@ -347,7 +372,7 @@ def table(results: dict[str, Any]) -> str:
             continue
         rates = res.get("tokens_per_s") or res.get("pairs_per_s") or {}
         for name, vals in rates.items():
-            rss = res["peak_rss_mib"].get(name.split(":")[0])
+            rss = res["peak_rss_mib"].get(name) or res["peak_rss_mib"].get(name.split(":")[0])
             rss_s = f"{rss:.0f}" if rss else "—"
             lines.append(f"| {name} | {fig} {unit} | {statistics.median(vals):.1f} | {rss_s} |")
     m, v = results["machine"], results["versions"]
@@ -359,8 +384,19 @@ def table(results: dict[str, Any]) -> str:
         f"fp32 GEMM peak {gemm.get('peak_gflops', 0):.1f} GFLOP/s "
         f"(measurements {gemm.get('measurements')}).",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
-        f"Settings: {json.dumps(results['settings'])}. Run on {results['date']}.",
     ]
+    keys = ("repeats", "steps", "warmup", "batch_size", "dpo_batch_size", "new_tokens", "threads")
+    for fig in ("sft", "gen", "dpo"):
+        run = results.get(fig, {}).get("run")
+        if run:
+            st = run["settings"]
+            lines.append(
+                f"{fig}: run {run['date']}, load average before {run['load_average_before']}, "
+                + ", ".join(f"{k} {st[k]}" for k in keys if k in st)
+                + (f", no-cache repeats {st['gen_repeats_nocache']}" if fig == "gen" else "")
+                + "."
+            )
+    lines.append(f"Last invocation: {json.dumps(results['settings'])}, {results['date']}.")
     return "\n".join(lines)
 
 
@@ -401,6 +437,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
+        p.error("--warmup, --steps and --repeats must be >= 1 (the clock starts after warmup)")
     figures = [f for f in args.figures.split(",") if f]
     unknown = sorted(set(figures) - set(FIGURES))
     if unknown:
@@ -462,7 +500,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runners = {"sft": run_sft, "gen": run_gen, "dpo": run_dpo}
     for fig in figures:
         print(f"== {fig}", flush=True)
+        load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        started = time.strftime("%Y-%m-%d %H:%M")
         results[fig] = runners[fig](args, dict(base), workdir)
+        results[fig]["run"] = {  # figures can come from different runs (--figures)
+            "date": started,
+            "load_average_before": load,
+            "settings": results["settings"],
+            "gemm_gflops_before": round(gemm[-1], 1),
+        }
         gemm.append(gemm_gflops())
         # written after every figure, so a long run that is cut short keeps what it measured
         results["gemm"] = {"peak_gflops": max(gemm), "measurements": [round(g, 1) for g in gemm]}

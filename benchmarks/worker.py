@@ -22,13 +22,19 @@ def reply(obj: dict) -> None:
 
 def main(argv: list[str]) -> int:
     name, spec_path = argv[1], argv[2]
+    import logging
+
     import torch
 
-    from benchmarks.common import peak_rss_mib
+    for lib in ("lightning", "lightning.pytorch", "transformers", "trl", "datasets", "accelerate"):
+        logging.getLogger(lib).setLevel(logging.ERROR)
+
+    from benchmarks.common import peak_rss_mib, process_peak_rss_mib, reset_peak_rss
 
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    spec["contender"] = name
     try:
         from benchmarks.contenders import contender_class
 
@@ -43,8 +49,13 @@ def main(argv: list[str]) -> int:
         if cmd.get("cmd") == "quit":
             break
         try:
+            # the peak while doing the work (model, optimizer state, activations), not the
+            # transient copies of loading the weights at set-up
+            reset = reset_peak_rss()
             out = contender.segment(cmd["index"], **cmd.get("kwargs", {}))
             out["peak_rss_mib"] = peak_rss_mib()
+            out["peak_rss_is_segment_peak"] = reset
+            out["process_peak_rss_mib"] = process_peak_rss_mib()
             reply(out)
         except Exception:
             reply({"error": traceback.format_exc()})
