@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -126,7 +127,6 @@ def test_seed_sft_segment(tmp_path):
     assert len(out["step_ends"]) == 2 and out["seconds"] > 0
 
 
-@pytest.mark.slow
 def test_trl_sft_segment(tmp_path):
     pytest.importorskip("trl")
     from benchmarks.contenders import TrlSFT
@@ -137,6 +137,48 @@ def test_trl_sft_segment(tmp_path):
     spec["hf_dir"] = str(tmp_path / "hf")
     out = TrlSFT(spec).segment(0)
     assert len(out["step_ends"]) == 2 and out["seconds"] > 0
+
+
+def _dpo_spec(tmp_path: Path) -> dict:
+    from benchmarks.dpo import dpo_batches
+
+    batches = dpo_batches(2, 64, 0)[:2]
+    write_json(
+        tmp_path / "pairs.json",
+        {
+            "batches": [
+                [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in b]
+                for b in batches
+            ]
+        },
+    )
+    return _spec(
+        tmp_path,
+        batches=str(tmp_path / "pairs.json"),
+        warmup=1,
+        steps=1,
+        segments=1,
+        batch_size=2,
+        max_length=64,
+        packing=True,
+    )
+
+
+def test_dpo_contenders_run_a_segment(tmp_path):
+    from benchmarks.dpo import TunelabDPO
+
+    spec = _dpo_spec(tmp_path)
+    out = TunelabDPO(spec).segment(0)
+    assert out["seconds"] > 0 and out["precomputed_pairs"] == 4  # 2 batches of 2 pairs
+    if importlib.util.find_spec("trl") is None:
+        return
+    from benchmarks.dpo import TrlDPO
+    from tunelab.models.loaders.hf import save_hf_gpt2
+
+    save_hf_gpt2(make_tunelab_model("tiny-gpt2", 0), tmp_path / "hf")
+    for name in ("trl_dpo", "trl_dpo_precomputed"):
+        trl_spec = {**spec, "hf_dir": str(tmp_path / "hf"), "contender": name}
+        assert TrlDPO(trl_spec).segment(0)["seconds"] > 0
 
 
 def test_gpu_script_runs_on_cpu_with_a_tiny_preset(tmp_path):
