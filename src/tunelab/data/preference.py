@@ -31,6 +31,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tunelab.data.distributed import data_position, make_loader, resume_point
 from tunelab.data.prompts import PromptStyle, get_style
 from tunelab.data.records import (
     _ROLE_ALIASES,
@@ -384,6 +385,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.limit = limit
         self.seed = seed
         self.num_workers = num_workers
+        self._resume_state: dict[str, int] | None = None
         self.tokenizer: Tokenizer | None = None
         self.style: PromptStyle | None = None
         self.pairs: dict[str, list[PreferencePair]] = {}
@@ -483,16 +485,26 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        # The same global batches on 1 or N processes, resumable mid-epoch (tunelab.data.distributed).
+        resume = resume_point(self._resume_state) if split == "train" else None
+        if split == "train":
+            self._resume_state = None
+        return make_loader(
             self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=gen,
-            num_workers=self.num_workers,
-            drop_last=False,
-            collate_fn=self.collate_fn(),
+            self.batch_size,
+            shuffle,
+            self.seed,
+            self.collate_fn(),
+            self.trainer,
+            self.num_workers,
+            resume,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        return data_position(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_state = dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
