@@ -97,7 +97,43 @@ def optimizer_factory():
     return partial(getattr(importlib.import_module(module), name), **cfg)
 
 
-def run_config(args, batch_size: int, device: torch.device, loop: str) -> dict[str, Any]:
+def start_profiler(device: torch.device):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof = profile(activities=acts)
+    prof.__enter__()
+    return prof
+
+
+def stop_profiler(prof, device: torch.device, top: int = 20) -> dict[str, Any]:
+    """The ops that took the most device time and the most host time over the profiled steps."""
+    prof.__exit__(None, None, None)
+    events = prof.key_averages()
+    dev_attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    def rows(attr: str) -> list[dict[str, Any]]:
+        ranked = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+        return [
+            {
+                "op": e.key,
+                "calls": e.count,
+                "self_device_ms": getattr(e, dev_attr, 0) / 1000,
+                "self_cpu_ms": e.self_cpu_time_total / 1000,
+            }
+            for e in ranked
+        ]
+
+    return {
+        "by_device_time": rows(dev_attr),
+        "by_host_time": rows("self_cpu_time_total"),
+        "device_ms_total": sum(getattr(e, dev_attr, 0) for e in events) / 1000,
+    }
+
+
+def run_config(
+    args, batch_size: int, device: torch.device, loop: str, chunked: bool = True
+) -> dict[str, Any]:
     """Time `args.steps` steps (after `args.warmup`) of one batch size in one loop."""
     import statistics
 
@@ -107,10 +143,10 @@ def run_config(args, batch_size: int, device: torch.device, loop: str) -> dict[s
     from tunelab.callbacks.grad_clip import GradClip
     from tunelab.data.packing import collate_packed
     from tunelab.data.sft import SFTDataModule
-    from tunelab.losses import masked_cross_entropy
     from tunelab.models.config import Config
     from tunelab.models.decoder import Decoder
     from tunelab.models.tokenizer import gpt2_tokenizer
+    from tunelab.tasks.base import next_token_loss
     from tunelab.tasks.sft import SFTTask
 
     tok = gpt2_tokenizer()
@@ -137,8 +173,15 @@ def run_config(args, batch_size: int, device: torch.device, loop: str) -> dict[s
     )
     torch.manual_seed(args.seed)
     model = Decoder(cfg)
-    task = SFTTask(model=model, tokenizer=tok, prompt_style="alpaca", optimizer=optimizer_factory())
+    task = SFTTask(
+        model=model,
+        tokenizer=tok,
+        prompt_style="alpaca",
+        optimizer=optimizer_factory(),
+        chunked_lm_loss=chunked,
+    )
     ends: list[float] = []
+    profile = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if loop == "lightning":
@@ -168,19 +211,21 @@ def run_config(args, batch_size: int, device: torch.device, loop: str) -> dict[s
         optimizer = task.configure_optimizers()
         params = [q for g in optimizer.param_groups for q in g["params"]]
         bf16 = args.precision.startswith("bf16")
-        for batch in loader:
+        profiler = None
+        for i, batch in enumerate(loader):
+            if args.profile and i == n_steps - args.profile:
+                profiler = start_profiler(device)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(
-                    batch["input_ids"], positions=batch["positions"], doc_ids=batch["doc_ids"]
-                )
-            loss, _ = masked_cross_entropy(logits, batch["targets"])
+                loss, _ = next_token_loss(model, batch, chunked)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync(device)
             ends.append(time.perf_counter())
+        if profiler is not None:
+            profile = stop_profiler(profiler, device)
     step_ms = [
         1000 * (b - a) for a, b in zip(ends[args.warmup - 1 : -1], ends[args.warmup :], strict=True)
     ]
@@ -193,6 +238,7 @@ def run_config(args, batch_size: int, device: torch.device, loop: str) -> dict[s
     median_ms = statistics.median(step_ms)
     out = {
         "loop": loop,
+        "chunked_lm_loss": chunked,
         "batch_size": batch_size,
         "max_length": max_length,
         "pad_to_multiple_of": args.pad_multiple,
@@ -214,8 +260,30 @@ def run_config(args, batch_size: int, device: torch.device, loop: str) -> dict[s
     }
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    if profile is not None:
+        out["profile"] = profile
     del task, model
     return out
+
+
+def run_matrix(args) -> list[tuple[str, int, str, bool]]:
+    """(sdpa, batch size, loop, chunked) in the order to run: --matrix, or the product."""
+    if args.matrix:
+        out = []
+        for item in args.matrix.split(","):
+            sdpa, bs, loop, chunked = item.split(":")
+            out.append((sdpa, int(bs), loop, chunked == "chunked"))
+        return out
+    sdpa_modes = [x for x in args.sdpa.split(",") if x]
+    if args.device != "cuda":  # the choice of attention kernels only exists on CUDA
+        sdpa_modes = sdpa_modes[:1]
+    return [
+        (sdpa, bs, loop, chunked == "true")
+        for sdpa in sdpa_modes
+        for bs in [int(x) for x in args.batch_sizes.split(",") if x]
+        for loop in [x for x in args.loops.split(",") if x]
+        for chunked in [x for x in args.chunked.split(",") if x]
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -231,9 +299,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--loops", default="lightning,plain", help="lightning (tunelab's path), plain")
     p.add_argument(
         "--sdpa",
-        default="auto,no-cudnn",
-        help="SDPA backends to try: auto (PyTorch's choice), no-cudnn (cuDNN attention off: it "
-        "builds a graph per new sequence length, hundreds of ms, and packed rows vary in length)",
+        default="tunelab,pytorch",
+        help="attention kernels for masked (packed) rows: tunelab (the decoder's choice, "
+        "memory-efficient attention), pytorch (PyTorch's own pick, which may be cuDNN attention: "
+        "it builds a graph per new sequence length, and packed rows vary in length)",
+    )
+    p.add_argument(
+        "--chunked",
+        default="true",
+        help="task.chunked_lm_loss values to run: true (LM head + loss in chunks), false (logits)",
+    )
+    p.add_argument(
+        "--matrix",
+        default="",
+        help="explicit runs instead of the product, e.g. tunelab:8:lightning:chunked,"
+        "pytorch:64:plain:logits",
+    )
+    p.add_argument(
+        "--profile", type=int, default=0, help="profile the last N steps of each plain-loop run"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=0, help="skip the remaining runs after this many seconds"
     )
     p.add_argument(
         "--pad-multiple",
@@ -270,28 +356,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bf16_peak_datasheet_flops": sheet,
         "bf16_gemm_measured_flops": measured,
         "runs": [],
+        "skipped": [],
     }
-    sdpa_modes = [x for x in args.sdpa.split(",") if x]
-    if device.type != "cuda":
-        sdpa_modes = sdpa_modes[:1]
-    for sdpa in sdpa_modes:
-        if device.type == "cuda":
-            torch.backends.cuda.enable_cudnn_sdp(sdpa != "no-cudnn")
-        for bs in [int(x) for x in args.batch_sizes.split(",") if x]:
-            for loop in [x for x in args.loops.split(",") if x]:
-                r = {"sdpa": sdpa, **run_config(args, bs, device, loop)}
-                r["mfu_vs_datasheet"] = r["model_flops_per_s"] / sheet if sheet else None
-                r["mfu_vs_measured_gemm"] = r["model_flops_per_s"] / measured
-                results["runs"].append(r)
-                mfu = r["mfu_vs_datasheet"] or r["mfu_vs_measured_gemm"]
-                print(
-                    f"sdpa {sdpa} batch {bs} {loop}: {r['tokens_per_s']:.0f} tokens/s, "
-                    f"{r['step_ms']:.1f} ms/step (median {r['step_ms_median']:.1f}), "
-                    f"MFU {100 * mfu:.2f}%",
-                    flush=True,
-                )
-    results["wall_s"] = time.perf_counter() - t0
+    import tunelab.models.decoder as decoder
+
+    default_backends = decoder.MASKED_SDPA_BACKENDS
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    for sdpa, bs, loop, chunked in run_matrix(args):
+        if args.budget_s and time.perf_counter() - t0 > args.budget_s:
+            results["skipped"].append(f"{sdpa}:{bs}:{loop}:{chunked}")
+            continue
+        decoder.MASKED_SDPA_BACKENDS = default_backends if sdpa == "tunelab" else None
+        r = {"sdpa": sdpa, **run_config(args, bs, device, loop, chunked)}
+        r["mfu_vs_datasheet"] = r["model_flops_per_s"] / sheet if sheet else None
+        r["mfu_vs_measured_gemm"] = r["model_flops_per_s"] / measured
+        results["runs"].append(r)
+        mfu = r["mfu_vs_datasheet"] or r["mfu_vs_measured_gemm"]
+        print(
+            f"sdpa {sdpa} batch {bs} {loop} chunked={chunked}: {r['tokens_per_s']:.0f} tokens/s, "
+            f"{r['step_ms']:.1f} ms/step (median {r['step_ms_median']:.1f}), MFU {100 * mfu:.2f}%",
+            flush=True,
+        )
+        results["wall_s"] = time.perf_counter() - t0
+        # written after every run: a run cut short by a time limit keeps what it measured
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    decoder.MASKED_SDPA_BACKENDS = default_backends
+    results["wall_s"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
 

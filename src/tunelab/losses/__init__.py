@@ -1,6 +1,16 @@
 """Losses as pure functions of tensors."""
 
-from tunelab.losses.dpo import dpo_loss, segment_logprobs
-from tunelab.losses.lm import masked_cross_entropy, token_logprobs
+from tunelab.losses.chunked import linear_cross_entropy, linear_target_logprobs
+from tunelab.losses.dpo import dpo_loss, segment_logprobs, sum_by_segment
+from tunelab.losses.lm import masked_cross_entropy, target_logprobs, token_logprobs
 
-__all__ = ["dpo_loss", "masked_cross_entropy", "segment_logprobs", "token_logprobs"]
+__all__ = [
+    "dpo_loss",
+    "linear_cross_entropy",
+    "linear_target_logprobs",
+    "masked_cross_entropy",
+    "segment_logprobs",
+    "sum_by_segment",
+    "target_logprobs",
+    "token_logprobs",
+]

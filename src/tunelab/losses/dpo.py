@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tunelab.losses.lm import IGNORE_INDEX
+from tunelab.losses.lm import IGNORE_INDEX, target_logprobs
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 
@@ -91,9 +91,15 @@ def segment_logprobs(
     none. The packed counterpart of `token_logprobs` (which treats each row as one sequence).
     Returns (logps (n_segments,), counts (n_segments,)).
     """
-    mask = (targets != ignore_index) & (segment_ids >= 0)
-    safe = targets.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    logp = target_logprobs(logits, targets, ignore_index)
+    return sum_by_segment(logp, targets != ignore_index, segment_ids, n_segments)
+
+
+def sum_by_segment(
+    logp: torch.Tensor, counted: torch.Tensor, segment_ids: torch.Tensor, n_segments: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-segment sums of the (B, T) `logp` over `counted` positions, and per-segment counts."""
+    mask = counted & (segment_ids >= 0)
     seg = segment_ids[mask]
     sums = torch.zeros(n_segments, dtype=logp.dtype, device=logp.device).index_add(
         0, seg, logp[mask]

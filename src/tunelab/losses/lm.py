@@ -27,6 +27,16 @@ def masked_cross_entropy(
     return loss_sum / n.clamp(min=1), n
 
 
+def target_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """(B, T) log p(target) in fp32, 0 where targets == ignore_index."""
+    mask = targets != ignore_index
+    safe = targets.masked_fill(~mask, 0)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask
+
+
 def token_logprobs(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +44,4 @@ def token_logprobs(
 
     Returns (logps (B,), counts (B,)). Used by DPO on the completion tokens.
     """
-    mask = targets != ignore_index
-    safe = targets.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return (logp * mask).sum(-1), mask.sum(-1)
+    return target_logprobs(logits, targets, ignore_index).sum(-1), (targets != ignore_index).sum(-1)

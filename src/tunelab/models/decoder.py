@@ -10,13 +10,24 @@ each token belongs to) and attention becomes block-diagonal causal.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tunelab.models.config import Config
+
+# SDPA kernels allowed for attention with an explicit mask (packed rows, left padding) on a GPU.
+# PyTorch may pick cuDNN attention there, which builds an execution graph for every new sequence
+# length (pytorch/pytorch#155958): with packed rows of varying width that is a rebuild most steps.
+# The memory-efficient kernel takes arbitrary boolean masks. None: leave the choice to PyTorch.
+MASKED_SDPA_BACKENDS: list[SDPBackend] | None = [
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 
 
 class RMSNorm(nn.Module):
@@ -108,14 +119,16 @@ class Attention(nn.Module):
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        backends = MASKED_SDPA_BACKENDS if mask is not None and q.is_cuda else None
+        with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None and T > 1,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -215,7 +228,23 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits for `input_ids` (B, T).
+        """Logits (B, T, vocab) for `input_ids` (B, T): `lm_head(hidden_states(...))`."""
+        return self.lm_head(
+            self.hidden_states(input_ids, positions, doc_ids, cache, attention_mask)
+        )
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, n_embd), after the final norm, before the LM head.
+
+        Training losses project them chunk by chunk (`tunelab.losses.chunked`) instead of
+        building the full logits.
 
         positions: (B, T) position of each token (default 0..T-1, or continuing the cache).
         doc_ids: (B, T) example id of each token in packed rows; attention stays inside one id.
@@ -236,7 +265,7 @@ class Decoder(nn.Module):
             x = block(x, rope, mask, cache)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.norm_f(x))
+        return self.norm_f(x)
 
     @staticmethod
     def _mask(B, T, doc_ids, cache, attention_mask, device) -> torch.Tensor | None:

@@ -9,11 +9,47 @@ from typing import Any
 import lightning as L
 import torch
 
+from tunelab.losses import (
+    linear_cross_entropy,
+    linear_target_logprobs,
+    masked_cross_entropy,
+    target_logprobs,
+)
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# Strategies that shard or gather parameters inside the module's own forward: the LM head's weight
+# is only whole there, so the chunked loss (which reads it directly) is not used under them.
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def _forward_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    return {"positions": batch.get("positions"), "doc_ids": batch.get("doc_ids")}
+
+
+def next_token_loss(
+    model: Decoder, batch: dict[str, torch.Tensor], chunked: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NLL over the batch's counted targets, their number); chunked: no full logits."""
+    if chunked:
+        hidden = model.hidden_states(batch["input_ids"], **_forward_kwargs(batch))
+        return linear_cross_entropy(hidden, model.lm_head.weight, batch["targets"])
+    return masked_cross_entropy(
+        model(batch["input_ids"], **_forward_kwargs(batch)), batch["targets"]
+    )
+
+
+def batch_target_logprobs(
+    model: Decoder, batch: dict[str, torch.Tensor], chunked: bool = True
+) -> torch.Tensor:
+    """(B, T) log p(target) of the batch's rows, 0 at ignored targets; chunked: no full logits."""
+    if chunked:
+        hidden = model.hidden_states(batch["input_ids"], **_forward_kwargs(batch))
+        return linear_target_logprobs(hidden, model.lm_head.weight, batch["targets"])
+    return target_logprobs(model(batch["input_ids"], **_forward_kwargs(batch)), batch["targets"])
 
 
 class LMTask(L.LightningModule):
@@ -27,6 +63,7 @@ class LMTask(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         weight_decay_exclude_norms: bool = True,
         on_nonfinite: str = "stop",
+        chunked_lm_loss: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -39,6 +76,15 @@ class LMTask(L.LightningModule):
             raise ValueError(f"task.on_nonfinite: expected 'stop' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
+        self.chunked_lm_loss = chunked_lm_loss
+
+    @property
+    def use_chunked_lm_loss(self) -> bool:
+        """Training losses project hidden states chunk by chunk (see `tunelab.losses.chunked`)."""
+        if not self.chunked_lm_loss:
+            return False
+        strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
+        return strategy not in SHARDED_STRATEGIES
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.model(input_ids, **kwargs)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from tunelab.data.replay import DOMAIN_NAMES, NEW, OLD
-from tunelab.losses import masked_cross_entropy, token_logprobs
-from tunelab.tasks.base import LMTask
+from tunelab.losses.lm import IGNORE_INDEX
+from tunelab.tasks.base import LMTask, batch_target_logprobs, next_token_loss
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ class CPTTask(LMTask):
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch["input_ids"])
-        loss, n_targets = masked_cross_entropy(logits, batch["targets"])
+        loss, n_targets = next_token_loss(self.model, batch, self.use_chunked_lm_loss)
         # Every block has block_len targets, so per-rank means already average to the global one.
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
@@ -72,8 +71,8 @@ class CPTTask(LMTask):
 
     # -- validation -------------------------------------------------------------------------
     def _accumulate(self, batch: dict[str, torch.Tensor]) -> None:
-        logits = self.model(batch["input_ids"])
-        logps, counts = token_logprobs(logits, batch["targets"])
+        logp = batch_target_logprobs(self.model, batch, self.use_chunked_lm_loss)
+        logps, counts = logp.sum(-1), (batch["targets"] != IGNORE_INDEX).sum(-1)
         domain = batch.get("domain")
         if domain is None:
             domain = torch.full_like(counts, NEW)

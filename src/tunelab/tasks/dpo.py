@@ -29,28 +29,29 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from tunelab.losses import dpo_loss, segment_logprobs, token_logprobs
+from tunelab.losses import dpo_loss, sum_by_segment
 from tunelab.losses.dpo import check_dpo_args
+from tunelab.losses.lm import IGNORE_INDEX
 from tunelab.models.decoder import Decoder
-from tunelab.tasks.base import LMTask
+from tunelab.tasks.base import LMTask, batch_target_logprobs
 
 log = logging.getLogger(__name__)
 REFERENCE_MODES = ("precomputed", "frozen")
 
 
 def concatenated_logps(
-    model: Decoder, batch: dict[str, torch.Tensor]
+    model: Decoder, batch: dict[str, torch.Tensor], chunked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs and token counts of the batch's 2B sequences, in one forward.
 
     Sequences are ordered chosen (B) then rejected (B), whether the rows are padded or packed.
+    chunked: score only the completion positions, chunk by chunk, never building full logits.
     """
-    logits = model(
-        batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
-    )
+    logp = batch_target_logprobs(model, batch, chunked)
+    counted = batch["targets"] != IGNORE_INDEX
     if "seq_ids" in batch:
-        return segment_logprobs(logits, batch["targets"], batch["seq_ids"], 2 * len(batch["index"]))
-    return token_logprobs(logits, batch["targets"])
+        return sum_by_segment(logp, counted, batch["seq_ids"], 2 * len(batch["index"]))
+    return logp.sum(-1), counted.sum(-1)
 
 
 @torch.no_grad()
@@ -60,6 +61,7 @@ def compute_reference_logps(
     n_examples: int,
     device: torch.device | str = "cpu",
     forward_context: Any = None,
+    chunked: bool = True,
 ) -> torch.Tensor:
     """(N, 2) summed reference log-probs (chosen, rejected), row = example index; eval mode."""
     out = torch.full((n_examples, 2), float("nan"))
@@ -69,7 +71,7 @@ def compute_reference_logps(
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with forward_context() if forward_context else nullcontext():
-                logps, _ = concatenated_logps(model, batch)
+                logps, _ = concatenated_logps(model, batch, chunked)
             chosen, rejected = logps.float().cpu().chunk(2)
             index = batch["index"].cpu()
             out[index, 0], out[index, 1] = chosen, rejected
@@ -196,7 +198,9 @@ class DPOTask(LMTask):
                     collate_fn=datamodule.collate_fn(),
                 )
                 self.model.to(device)
-                logps = compute_reference_logps(self.model, loader, len(dataset), device, context)
+                logps = compute_reference_logps(
+                    self.model, loader, len(dataset), device, context, self.use_chunked_lm_loss
+                )
                 log.info("reference log-probs for %s: computed for %d pairs", split, len(dataset))
                 cached[split] = {"hash": keys[split], "logps": logps}
                 computed = True
@@ -235,14 +239,14 @@ class DPOTask(LMTask):
         self, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean DPO loss of a batch and the metrics to log (TRL's names)."""
-        logps, counts = concatenated_logps(self.model, batch)
+        logps, counts = concatenated_logps(self.model, batch, self.use_chunked_lm_loss)
         if "ref_chosen_logps" in batch:
             ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(logps)
         elif self._ref_model is not None:
             if next(self._ref_model.parameters()).device != logps.device:
                 self._ref_model.to(logps.device)
             with torch.no_grad():
-                ref, _ = concatenated_logps(self._ref_model, batch)
+                ref, _ = concatenated_logps(self._ref_model, batch, self.use_chunked_lm_loss)
         else:
             raise RuntimeError(
                 "DPO batch without reference log-probs: with reference=precomputed they are "

@@ -6,7 +6,7 @@ import torch
 from torchmetrics.text import Perplexity
 
 from tunelab.losses import masked_cross_entropy
-from tunelab.tasks.base import LMTask
+from tunelab.tasks.base import LMTask, next_token_loss
 
 
 class SFTTask(LMTask):
@@ -15,10 +15,14 @@ class SFTTask(LMTask):
         self.val_perplexity = Perplexity(ignore_index=-100)
 
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        logits = self.model(
-            batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
-        )
-        loss, n_targets = masked_cross_entropy(logits, batch["targets"])
+        logits = None
+        if split == "train":
+            loss, n_targets = next_token_loss(self.model, batch, self.use_chunked_lm_loss)
+        else:  # validation keeps the logits for the perplexity metric
+            logits = self.model(
+                batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
+            )
+            loss, n_targets = masked_cross_entropy(logits, batch["targets"])
         loss, n_targets = self.global_token_mean(loss, n_targets)
         bs = batch["input_ids"].shape[0]
         # Weight the epoch mean by counted tokens, so val/loss is the true per-token loss.

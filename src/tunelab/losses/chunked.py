@@ -1,0 +1,188 @@
+"""LM-head + loss in chunks of tokens: the (tokens x vocab) logits are never built whole.
+
+A 50k-word vocabulary makes the logits the largest tensors of a small model's step: at 600 tokens
+one fp32 copy is 120 MB, and the plain path keeps several (logits, log-softmax, their gradient).
+Here the final hidden states of the *counted* positions only (targets != ignore_index) are
+projected a chunk of rows at a time, so at most one (chunk x vocab) block is alive; positions
+without a target (padding, masked prompts) are never projected at all.
+
+- `linear_cross_entropy`: the summed next-token NLL. Its gradient is known in the forward pass
+  (d NLL / d logits = softmax - onehot), so it is computed there, chunk by chunk, and the backward
+  only scales it: the same three matrix products as the plain path, no recomputation.
+- `linear_target_logprobs`: per-position log p(target), for DPO and per-sequence scores. The
+  upstream gradient differs per token and is unknown in the forward, so the backward recomputes
+  each chunk's logits from the saved log-sum-exp (one extra matrix product, no logits kept).
+
+Under autocast the matrix products run in the autocast dtype (as `nn.Linear` would) and the
+softmax in fp32, like `F.cross_entropy(logits.float())` on the plain path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.losses.lm import IGNORE_INDEX
+
+# Elements of one (chunk x vocab) logits block: 32 MB of fp32 on a CPU (small enough for glibc to
+# reuse the heap instead of mapping fresh pages every chunk), 256 MB on a GPU (fewer launches).
+CHUNK_ELEMENTS = {"cpu": 2**23, "cuda": 2**26}
+
+
+def default_chunk_rows(vocab_size: int, device: torch.device) -> int:
+    budget = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"])
+    return max(16, budget // max(vocab_size, 1))
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(x.dtype, weight.dtype)
+
+
+def _accumulate(grad_w: torch.Tensor | None, d_logits: torch.Tensor, h: torch.Tensor) -> None:
+    """grad_w (fp32) += d_logits.T @ h, inside the GEMM when the dtypes allow it."""
+    if grad_w is None:
+        return
+    if grad_w.dtype == d_logits.dtype:
+        grad_w.addmm_(d_logits.t(), h)
+    else:
+        grad_w += (d_logits.t() @ h).float()
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax in at least fp32 (fp64 stays fp64, for exact checks)."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def _chunks(n: int, rows: int):
+    for start in range(0, n, rows):
+        yield start, min(start + rows, n)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows):
+        dtype = _compute_dtype(hidden, weight)
+        h, w = hidden.to(dtype), weight.to(dtype)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=_upcast(h[:0]).dtype, device=hidden.device)
+        grad_h = torch.empty_like(h) if needs_grad else None
+        grad_w = None
+        if needs_grad and ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
+        for a, b in _chunks(h.shape[0], chunk_rows):
+            logits = _upcast(h[a:b] @ w.t())
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(b - a, device=h.device)
+            total += (lse - logits[rows, targets[a:b]]).sum()
+            if needs_grad:
+                # softmax - onehot, in place on the logits block
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[rows, targets[a:b]] -= 1.0
+                probs = probs.to(dtype)
+                torch.mm(probs, w, out=grad_h[a:b])
+                _accumulate(grad_w, probs, h[a:b])
+        if needs_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.used:
+            raise RuntimeError("linear_cross_entropy: backward through the same loss twice")
+        ctx.used = True
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        # In place: the precomputed gradients are this function's own buffers, used once.
+        gh = grad_h.mul_(grad_out).to(h_dtype) if ctx.needs_input_grad[0] else None
+        gw = grad_w.mul_(grad_out).to(w_dtype) if grad_w is not None else None
+        return gh, gw, None, None
+
+
+class _LinearTargetLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows):
+        dtype = _compute_dtype(hidden, weight)
+        h, w = hidden.to(dtype), weight.to(dtype)
+        out = torch.empty(h.shape[0], dtype=_upcast(h[:0]).dtype, device=h.device)
+        lse_all = torch.empty_like(out)
+        for a, b in _chunks(h.shape[0], chunk_rows):
+            logits = _upcast(h[a:b] @ w.t())
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(b - a, device=h.device)
+            out[a:b] = logits[rows, targets[a:b]] - lse
+            lse_all[a:b] = lse
+        ctx.save_for_backward(hidden, weight, targets, lse_all)
+        ctx.chunk_rows, ctx.dtype = chunk_rows, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets, lse_all = ctx.saved_tensors
+        dtype = ctx.dtype
+        h, w = hidden.to(dtype), weight.to(dtype)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
+        for a, b in _chunks(h.shape[0], ctx.chunk_rows):
+            logits = _upcast(h[a:b] @ w.t())
+            g = grad_out[a:b].to(logits.dtype)
+            rows = torch.arange(b - a, device=h.device)
+            # d logp / d logits = onehot - softmax, times the upstream gradient of each row
+            d_logits = logits.sub_(lse_all[a:b, None]).exp_().mul_(-g[:, None])
+            d_logits[rows, targets[a:b]] += g
+            d_logits = d_logits.to(dtype)
+            if grad_h is not None:
+                torch.mm(d_logits, w, out=grad_h[a:b])
+            _accumulate(grad_w, d_logits, h[a:b])
+        gh = grad_h.to(hidden.dtype) if grad_h is not None else None
+        gw = grad_w.to(weight.dtype) if grad_w is not None else None
+        return gh, gw, None, None
+
+
+def _counted(
+    hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mask = targets != ignore_index
+    return mask, hidden[mask], targets[mask]
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token NLL of `hidden @ weight.T` over targets != ignore_index, chunked.
+
+    hidden: (B, T, C) final hidden states (after the final norm); weight: (V, C), the LM head;
+    targets: (B, T). Same value and gradients as `masked_cross_entropy(hidden @ weight.T, targets)`.
+    Returns (mean loss, number of counted tokens); with no counted token the loss is 0, not NaN.
+    """
+    mask, h, t = _counted(hidden, targets, ignore_index)
+    n = mask.sum()
+    if h.shape[0] == 0:
+        return hidden.sum() * 0.0, n  # keeps the graph connected for DDP
+    rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
+    total = _LinearCrossEntropy.apply(h, weight, t, rows)
+    return total / n.clamp(min=1), n
+
+
+def linear_target_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """(B, T) fp32 log p(target) under `hidden @ weight.T`, 0 where targets == ignore_index."""
+    mask, h, t = _counted(hidden, targets, ignore_index)
+    out = torch.zeros(targets.shape, dtype=_upcast(hidden[:0]).dtype, device=hidden.device)
+    if h.shape[0] == 0:
+        return out + hidden.sum() * 0.0
+    rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
+    return out.masked_scatter(mask, _LinearTargetLogprobs.apply(h, weight, t, rows))
