@@ -35,8 +35,9 @@ def test_linear_cross_entropy_by_hand():
     assert hidden.grad[0, 2].abs().sum() == 0  # an ignored position gets no gradient
 
 
+@pytest.mark.parametrize("pad_vocab_to", [1, 64])  # 64: the GPU default, 50 words padded to 64
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
-def test_values_and_gradients_equal_the_full_logits_path(chunk_rows):
+def test_values_and_gradients_equal_the_full_logits_path(chunk_rows, pad_vocab_to):
     torch.manual_seed(0)
     hidden = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
@@ -47,7 +48,9 @@ def test_values_and_gradients_equal_the_full_logits_path(chunk_rows):
     full = hidden @ weight.t()
     loss_a, n_a = masked_cross_entropy(full.double(), targets)
     grads_a = torch.autograd.grad(loss_a, (hidden, weight))
-    loss_b, n_b = linear_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows)
+    loss_b, n_b = linear_cross_entropy(
+        hidden, weight, targets, chunk_rows=chunk_rows, pad_vocab_to=pad_vocab_to
+    )
     grads_b = torch.autograd.grad(loss_b, (hidden, weight))
     assert int(n_a) == int(n_b) == 16
     torch.testing.assert_close(loss_b, loss_a.to(loss_b.dtype), atol=1e-6, rtol=1e-6)
@@ -58,7 +61,9 @@ def test_values_and_gradients_equal_the_full_logits_path(chunk_rows):
     seq_weights = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
     sums_a, counts = token_logprobs(hidden @ weight.t(), targets)
     grads_a = torch.autograd.grad((sums_a * seq_weights).sum(), (hidden, weight))
-    logp = linear_target_logprobs(hidden, weight, targets, chunk_rows=chunk_rows)
+    logp = linear_target_logprobs(
+        hidden, weight, targets, chunk_rows=chunk_rows, pad_vocab_to=pad_vocab_to
+    )
     assert logp.dtype == torch.float64 and (logp[targets == -100] == 0).all()
     grads_b = torch.autograd.grad((logp.sum(-1) * seq_weights).sum(), (hidden, weight))
     torch.testing.assert_close(logp.sum(-1), sums_a.double(), atol=1e-5, rtol=1e-6)
@@ -91,7 +96,7 @@ def test_bf16_autocast_matches_the_full_logits_path():
     targets = torch.randint(0, 64, (2, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss_a, _ = masked_cross_entropy(hidden @ weight.t(), targets)
-        loss_b, _ = linear_cross_entropy(hidden, weight, targets, chunk_rows=4)
+        loss_b, _ = linear_cross_entropy(hidden, weight, targets, chunk_rows=4, pad_vocab_to=48)
     grads_a = torch.autograd.grad(loss_a, (hidden, weight))
     grads_b = torch.autograd.grad(loss_b, (hidden, weight))
     assert loss_b.dtype == torch.float32

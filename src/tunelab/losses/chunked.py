@@ -28,6 +28,11 @@ from tunelab.losses.lm import IGNORE_INDEX
 CHUNK_ELEMENTS = {"cpu": 2**23, "cuda": 2**26}
 
 
+def default_pad_vocab_to(device: torch.device) -> int:
+    """GPUs: LM-head rows padded to a multiple of 64 (aligned GEMMs); CPUs: no padding (a copy)."""
+    return 64 if device.type == "cuda" else 1
+
+
 def default_chunk_rows(vocab_size: int, device: torch.device) -> int:
     budget = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"])
     return max(16, budget // max(vocab_size, 1))
@@ -50,6 +55,29 @@ def _accumulate(grad_w: torch.Tensor | None, d_logits: torch.Tensor, h: torch.Te
         grad_w += (d_logits.t() @ h).float()
 
 
+def _head(weight: torch.Tensor, dtype: torch.dtype, pad_to: int) -> torch.Tensor:
+    """The LM head in the compute dtype, rows zero-padded to a multiple of `pad_to`.
+
+    GPT-2's 50,257 words make every LM-head GEMM misaligned: on an H100 cuBLAS falls back to
+    `align1` kernels several times slower than aligned ones. Casting to bf16 copies the weight
+    anyway, so the copy is made padded; padded words get logit -inf (probability 0).
+    """
+    vocab = weight.shape[0]
+    padded = -(-vocab // pad_to) * pad_to
+    if padded == vocab:
+        return weight.to(dtype)
+    w = torch.zeros(padded, weight.shape[1], dtype=dtype, device=weight.device)
+    w[:vocab].copy_(weight)
+    return w
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, vocab: int) -> torch.Tensor:
+    logits = _upcast(h @ w.t())
+    if w.shape[0] > vocab:
+        logits[:, vocab:] = float("-inf")
+    return logits
+
+
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
     """Softmax in at least fp32 (fp64 stays fp64, for exact checks)."""
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
@@ -62,17 +90,17 @@ def _chunks(n: int, rows: int):
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_rows):
+    def forward(ctx, hidden, weight, targets, chunk_rows, pad_to):
         dtype = _compute_dtype(hidden, weight)
-        h, w = hidden.to(dtype), weight.to(dtype)
+        h, w, vocab = hidden.to(dtype), _head(weight, dtype, pad_to), weight.shape[0]
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=_upcast(h[:0]).dtype, device=hidden.device)
         grad_h = torch.empty_like(h) if needs_grad else None
         grad_w = None
         if needs_grad and ctx.needs_input_grad[1]:
-            grad_w = torch.zeros(weight.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
+            grad_w = torch.zeros(w.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
         for a, b in _chunks(h.shape[0], chunk_rows):
-            logits = _upcast(h[a:b] @ w.t())
+            logits = _logits(h[a:b], w, vocab)
             lse = torch.logsumexp(logits, dim=-1)
             rows = torch.arange(b - a, device=h.device)
             total += (lse - logits[rows, targets[a:b]]).sum()
@@ -85,7 +113,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 _accumulate(grad_w, probs, h[a:b])
         if needs_grad:
             ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
+        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype, vocab), False
         return total
 
     @staticmethod
@@ -94,41 +122,41 @@ class _LinearCrossEntropy(torch.autograd.Function):
             raise RuntimeError("linear_cross_entropy: backward through the same loss twice")
         ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
-        h_dtype, w_dtype = ctx.dtypes
+        h_dtype, w_dtype, vocab = ctx.dtypes
         # In place: the precomputed gradients are this function's own buffers, used once.
         gh = grad_h.mul_(grad_out).to(h_dtype) if ctx.needs_input_grad[0] else None
-        gw = grad_w.mul_(grad_out).to(w_dtype) if grad_w is not None else None
-        return gh, gw, None, None
+        gw = grad_w[:vocab].mul_(grad_out).to(w_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
 
 
 class _LinearTargetLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_rows):
+    def forward(ctx, hidden, weight, targets, chunk_rows, pad_to):
         dtype = _compute_dtype(hidden, weight)
-        h, w = hidden.to(dtype), weight.to(dtype)
+        h, w, vocab = hidden.to(dtype), _head(weight, dtype, pad_to), weight.shape[0]
         out = torch.empty(h.shape[0], dtype=_upcast(h[:0]).dtype, device=h.device)
         lse_all = torch.empty_like(out)
         for a, b in _chunks(h.shape[0], chunk_rows):
-            logits = _upcast(h[a:b] @ w.t())
+            logits = _logits(h[a:b], w, vocab)
             lse = torch.logsumexp(logits, dim=-1)
             rows = torch.arange(b - a, device=h.device)
             out[a:b] = logits[rows, targets[a:b]] - lse
             lse_all[a:b] = lse
         ctx.save_for_backward(hidden, weight, targets, lse_all)
-        ctx.chunk_rows, ctx.dtype = chunk_rows, dtype
+        ctx.chunk_rows, ctx.dtype, ctx.pad_to = chunk_rows, dtype, pad_to
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, targets, lse_all = ctx.saved_tensors
         dtype = ctx.dtype
-        h, w = hidden.to(dtype), weight.to(dtype)
+        h, w, vocab = hidden.to(dtype), _head(weight, dtype, ctx.pad_to), weight.shape[0]
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros(weight.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
+            grad_w = torch.zeros(w.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
         for a, b in _chunks(h.shape[0], ctx.chunk_rows):
-            logits = _upcast(h[a:b] @ w.t())
+            logits = _logits(h[a:b], w, vocab)
             g = grad_out[a:b].to(logits.dtype)
             rows = torch.arange(b - a, device=h.device)
             # d logp / d logits = onehot - softmax, times the upstream gradient of each row
@@ -139,8 +167,8 @@ class _LinearTargetLogprobs(torch.autograd.Function):
                 torch.mm(d_logits, w, out=grad_h[a:b])
             _accumulate(grad_w, d_logits, h[a:b])
         gh = grad_h.to(hidden.dtype) if grad_h is not None else None
-        gw = grad_w.to(weight.dtype) if grad_w is not None else None
-        return gh, gw, None, None
+        gw = grad_w[:vocab].to(weight.dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
 
 
 def _counted(
@@ -156,6 +184,7 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     ignore_index: int = IGNORE_INDEX,
     chunk_rows: int | None = None,
+    pad_vocab_to: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token NLL of `hidden @ weight.T` over targets != ignore_index, chunked.
 
@@ -168,7 +197,8 @@ def linear_cross_entropy(
     if h.shape[0] == 0:
         return hidden.sum() * 0.0, n  # keeps the graph connected for DDP
     rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
-    total = _LinearCrossEntropy.apply(h, weight, t, rows)
+    pad = pad_vocab_to or default_pad_vocab_to(h.device)
+    total = _LinearCrossEntropy.apply(h, weight, t, rows, pad)
     return total / n.clamp(min=1), n
 
 
@@ -178,6 +208,7 @@ def linear_target_logprobs(
     targets: torch.Tensor,
     ignore_index: int = IGNORE_INDEX,
     chunk_rows: int | None = None,
+    pad_vocab_to: int | None = None,
 ) -> torch.Tensor:
     """(B, T) fp32 log p(target) under `hidden @ weight.T`, 0 where targets == ignore_index."""
     mask, h, t = _counted(hidden, targets, ignore_index)
@@ -185,4 +216,5 @@ def linear_target_logprobs(
     if h.shape[0] == 0:
         return out + hidden.sum() * 0.0
     rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
-    return out.masked_scatter(mask, _LinearTargetLogprobs.apply(h, weight, t, rows))
+    pad = pad_vocab_to or default_pad_vocab_to(h.device)
+    return out.masked_scatter(mask, _LinearTargetLogprobs.apply(h, weight, t, rows, pad))
