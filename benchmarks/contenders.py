@@ -103,6 +103,15 @@ def tunelab_optimizer_factory():
     return hydra.utils.instantiate(OmegaConf.load(Path(conf_dir()) / "optimizer" / "adamw.yaml"))
 
 
+def apply_malloc_policy(spec: dict[str, Any]) -> str:
+    """tunelab's CPU malloc policy for this worker process (spec `malloc`, default `keep`)."""
+    from tunelab.callbacks.cpu_allocator import set_malloc_policy
+
+    policy = spec.get("malloc", "keep")
+    set_malloc_policy(policy)
+    return policy
+
+
 class _StepTimer:
     def __init__(self) -> None:
         self.ends: list[float] = []
@@ -127,6 +136,8 @@ class TunelabSFT(SFTContender):
             prompt_style="alpaca",
             optimizer=tunelab_optimizer_factory(),
         )
+        # what conf/callbacks/cpu_allocator.yaml does at fit start, here before either loop runs
+        self.malloc_policy = apply_malloc_policy(spec)
         self.packing = spec.get("packing", True)
         self.max_length = spec["max_length"]
 
@@ -151,6 +162,7 @@ class TunelabSFT(SFTContender):
     def _lightning(self, index: int) -> list[float]:
         import lightning as L
 
+        from tunelab.callbacks.cpu_allocator import CPUAllocator
         from tunelab.callbacks.grad_clip import GradClip
 
         timer = _StepTimer()
@@ -170,7 +182,7 @@ class TunelabSFT(SFTContender):
             enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            callbacks=[GradClip(max_norm=1.0), Timer()],
+            callbacks=[GradClip(max_norm=1.0), CPUAllocator(self.malloc_policy), Timer()],
         )
         trainer.fit(self.task, train_dataloaders=self.loader(index))
         self.task.trainer = None  # let the trainer (and its optimizer state) go: Lightning's
@@ -179,17 +191,14 @@ class TunelabSFT(SFTContender):
         return timer.ends
 
     def _plain(self, index: int) -> list[float]:
-        from tunelab.losses import masked_cross_entropy
+        from tunelab.tasks.base import next_token_loss
 
         optimizer = self.task.configure_optimizers()
         params = [p for g in optimizer.param_groups for p in g["params"]]
         self.model.train()
         ends = []
         for batch in self.loader(index):
-            logits = self.model(
-                batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
-            )
-            loss, _ = masked_cross_entropy(logits, batch["targets"])
+            loss, _ = next_token_loss(self.model, batch, self.task.chunked_lm_loss)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -478,8 +487,10 @@ CONTENDERS: dict[str, str] = {
     "seed_gen": "benchmarks.contenders:SeedGen",
     "seed_kv_gen": "benchmarks.contenders:SeedKVGen",
     "tunelab_dpo": "benchmarks.dpo:TunelabDPO",
+    "tunelab_dpo_lowmem": "benchmarks.dpo:TunelabDPO",
     "trl_dpo": "benchmarks.dpo:TrlDPO",
     "trl_dpo_precomputed": "benchmarks.dpo:TrlDPO",
+    "trl_dpo_lowmem": "benchmarks.dpo:TrlDPO",
 }
 
 

@@ -66,7 +66,14 @@ class TunelabDPO(DPOContender):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
+        from benchmarks.contenders import apply_malloc_policy
         from tunelab.data.preference import PairExample, PreferenceDataModule, PreferenceDataset
+
+        # tunelab_dpo_lowmem: task.activation_checkpointing=true and
+        # callbacks.cpu_allocator.policy=release, tunelab's settings for the lowest peak memory
+        self.lowmem = spec.get("contender", "").endswith("_lowmem")
+        default_policy = "release" if self.lowmem else "keep"
+        self.malloc_policy = apply_malloc_policy({"malloc": spec.get("malloc", default_policy)})
         from tunelab.data.records import Record
         from tunelab.models.tokenizer import gpt2_tokenizer
         from tunelab.tasks.dpo import DPOTask
@@ -100,6 +107,7 @@ class TunelabDPO(DPOContender):
             beta=0.1,
             loss_type="sigmoid",
             reference="precomputed",
+            activation_checkpointing=self.lowmem,
         )
         # the one-off reference pass over every pair this run will train on
         t = time.perf_counter()
@@ -110,6 +118,7 @@ class TunelabDPO(DPOContender):
     def segment(self, index: int, **_: Any) -> dict[str, Any]:
         import lightning as L
 
+        from tunelab.callbacks.cpu_allocator import CPUAllocator
         from tunelab.callbacks.grad_clip import GradClip
 
         ends: list[float] = []
@@ -131,7 +140,7 @@ class TunelabDPO(DPOContender):
             enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            callbacks=[GradClip(max_norm=1.0), Timer()],
+            callbacks=[GradClip(max_norm=1.0), CPUAllocator(self.malloc_policy), Timer()],
         )
         trainer.fit(self.task, datamodule=self.Segment(examples))
         self.task.trainer = None  # let the trainer (and its optimizer state) go
@@ -171,14 +180,17 @@ class TrlDPO(DPOContender):
 
         self.run = _PausableRun(self.per_segment)
         self.tmp = tempfile.mkdtemp(prefix="trl_dpo_")
-        # trl_dpo: TRL's default; trl_dpo_precomputed: TRL's own `precompute_ref_log_probs`
-        precompute = spec.get("contender", "").endswith("_precomputed")
+        # trl_dpo: TRL's default; trl_dpo_precomputed: TRL's own `precompute_ref_log_probs`;
+        # trl_dpo_lowmem: that and gradient checkpointing (the like of tunelab_dpo_lowmem)
+        name = spec.get("contender", "")
+        precompute = name.endswith(("_precomputed", "_lowmem"))
         args = DPOConfig(
             **_common_hf_args(spec, self.tmp, n_segments * self.per_segment),
             beta=0.1,
             loss_type=["sigmoid"],
             max_length=spec["max_length"] + 1,  # no truncation: tunelab already cut the pairs
             precompute_ref_log_probs=precompute,
+            gradient_checkpointing=name.endswith("_lowmem"),
         )
         t = time.perf_counter()
         self.trainer = PreTokenized(
@@ -228,9 +240,9 @@ def run(args, base: dict[str, Any], workdir: Path, one_shot, rotated) -> dict[st
         "max_length": args.max_length,
         "packing": True,
     }
-    names = ["tunelab_dpo"]
+    names = ["tunelab_dpo", "tunelab_dpo_lowmem"]
     if all(importlib.util.find_spec(m) for m in ("trl", "transformers", "datasets")):
-        names += ["trl_dpo", "trl_dpo_precomputed"]
+        names += ["trl_dpo", "trl_dpo_precomputed", "trl_dpo_lowmem"]
     seconds: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [] for n in names}
     extra: dict[str, Any] = {}
@@ -255,13 +267,14 @@ def run(args, base: dict[str, Any], workdir: Path, one_shot, rotated) -> dict[st
         "extra": extra,
         "ratios": {},
     }
+
+    def paired(a: dict[str, list[float]], x: str, y: str) -> dict[str, float]:
+        return ratio_stats([p / q for p, q in zip(a[x], a[y], strict=True)])
+
     if "trl_dpo" in rates:
-        res["ratios"]["vs_trl"] = ratio_stats(
-            [a / b for a, b in zip(rates["tunelab_dpo"], rates["trl_dpo"], strict=True)]
-        )
-        res["ratios"]["peak_rss_vs_trl"] = ratio_stats(
-            [a / b for a, b in zip(rss["tunelab_dpo"], rss["trl_dpo"], strict=True)]
-        )
+        for mine, tag in (("tunelab_dpo", ""), ("tunelab_dpo_lowmem", "lowmem_")):
+            res["ratios"][f"{tag}vs_trl"] = paired(rates, mine, "trl_dpo")
+            res["ratios"][f"{tag}peak_rss_vs_trl"] = paired(rss, mine, "trl_dpo")
         # the one-off reference pass (per pair) added to each step's time per pair: the rate
         # over one epoch, when every pair is trained on once
         amortised = [
@@ -272,10 +285,15 @@ def run(args, base: dict[str, Any], workdir: Path, one_shot, rotated) -> dict[st
             [a / b for a, b in zip(amortised, rates["trl_dpo"], strict=True)]
         )
     if "trl_dpo_precomputed" in rates:  # like for like: both without a reference forward
-        res["ratios"]["vs_trl_precomputed"] = ratio_stats(
-            [a / b for a, b in zip(rates["tunelab_dpo"], rates["trl_dpo_precomputed"], strict=True)]
+        res["ratios"]["vs_trl_precomputed"] = paired(rates, "tunelab_dpo", "trl_dpo_precomputed")
+        res["ratios"]["peak_rss_vs_trl_precomputed"] = paired(
+            rss, "tunelab_dpo", "trl_dpo_precomputed"
         )
-        res["ratios"]["peak_rss_vs_trl_precomputed"] = ratio_stats(
-            [a / b for a, b in zip(rss["tunelab_dpo"], rss["trl_dpo_precomputed"], strict=True)]
+    if "trl_dpo_lowmem" in rates:  # like for like: both precomputed, both recomputing blocks
+        res["ratios"]["lowmem_vs_trl_lowmem"] = paired(
+            rates, "tunelab_dpo_lowmem", "trl_dpo_lowmem"
+        )
+        res["ratios"]["lowmem_peak_rss_vs_trl_lowmem"] = paired(
+            rss, "tunelab_dpo_lowmem", "trl_dpo_lowmem"
         )
     return res

@@ -170,13 +170,17 @@ def test_dpo_contenders_run_a_segment(tmp_path):
     spec = _dpo_spec(tmp_path)
     out = TunelabDPO(spec).segment(0)
     assert out["seconds"] > 0 and out["precomputed_pairs"] == 4  # 2 batches of 2 pairs
+    # the low-memory settings (malloc policy left alone: this is the test process)
+    lowmem = TunelabDPO({**spec, "contender": "tunelab_dpo_lowmem", "malloc": "default"})
+    assert lowmem.task.model.activation_checkpointing
+    assert lowmem.segment(0)["seconds"] > 0
     if importlib.util.find_spec("trl") is None:
         return
     from benchmarks.dpo import TrlDPO
     from tunelab.models.loaders.hf import save_hf_gpt2
 
     save_hf_gpt2(make_tunelab_model("tiny-gpt2", 0), tmp_path / "hf")
-    for name in ("trl_dpo", "trl_dpo_precomputed"):
+    for name in ("trl_dpo", "trl_dpo_precomputed", "trl_dpo_lowmem"):
         trl_spec = {**spec, "hf_dir": str(tmp_path / "hf"), "contender": name}
         assert TrlDPO(trl_spec).segment(0)["seconds"] > 0
 

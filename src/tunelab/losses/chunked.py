@@ -23,9 +23,10 @@ import torch
 
 from tunelab.losses.lm import IGNORE_INDEX
 
-# Elements of one (chunk x vocab) logits block: 32 MB of fp32 on a CPU (small enough for glibc to
-# reuse the heap instead of mapping fresh pages every chunk), 256 MB on a GPU (fewer launches).
-CHUNK_ELEMENTS = {"cpu": 2**23, "cuda": 2**26}
+# Elements of one (chunk x vocab) logits block: 128 MB of fp32 on a CPU, 1 GB on a GPU. A typical
+# batch then fits one chunk (every extra chunk costs a pass over the weight-sized gradient
+# accumulator); a long one is still bounded.
+CHUNK_ELEMENTS = {"cpu": 2**25, "cuda": 2**28}
 
 
 def default_pad_vocab_to(device: torch.device) -> int:
@@ -45,14 +46,16 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, weight.dtype)
 
 
-def _accumulate(grad_w: torch.Tensor | None, d_logits: torch.Tensor, h: torch.Tensor) -> None:
-    """grad_w (fp32) += d_logits.T @ h, inside the GEMM when the dtypes allow it."""
+def _accumulate(
+    grad_w: torch.Tensor | None, d_logits: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
+    """grad_w + d_logits.T @ h in at least fp32 (the first chunk allocates it); in the GEMM when
+    the dtypes allow it."""
     if grad_w is None:
-        return
+        return _upcast(d_logits.t() @ h)
     if grad_w.dtype == d_logits.dtype:
-        grad_w.addmm_(d_logits.t(), h)
-    else:
-        grad_w += (d_logits.t() @ h).float()
+        return grad_w.addmm_(d_logits.t(), h)
+    return grad_w.add_(d_logits.t() @ h)
 
 
 def _head(weight: torch.Tensor, dtype: torch.dtype, pad_to: int) -> torch.Tensor:
@@ -89,32 +92,37 @@ def _chunks(n: int, rows: int):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean NLL over the rows; its gradients are computed in the forward, already scaled."""
+
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_rows, pad_to):
         dtype = _compute_dtype(hidden, weight)
         h, w, vocab = hidden.to(dtype), _head(weight, dtype, pad_to), weight.shape[0]
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        scale = 1.0 / max(h.shape[0], 1)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=_upcast(h[:0]).dtype, device=hidden.device)
-        grad_h = torch.empty_like(h) if needs_grad else None
+        grad_h = torch.empty_like(h) if need_h else None
         grad_w = None
-        if needs_grad and ctx.needs_input_grad[1]:
-            grad_w = torch.zeros(w.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
         for a, b in _chunks(h.shape[0], chunk_rows):
             logits = _logits(h[a:b], w, vocab)
             lse = torch.logsumexp(logits, dim=-1)
             rows = torch.arange(b - a, device=h.device)
             total += (lse - logits[rows, targets[a:b]]).sum()
-            if needs_grad:
+            if need_h or need_w:
                 # softmax - onehot, in place on the logits block
                 probs = logits.sub_(lse[:, None]).exp_()
                 probs[rows, targets[a:b]] -= 1.0
                 probs = probs.to(dtype)
-                torch.mm(probs, w, out=grad_h[a:b])
-                _accumulate(grad_w, probs, h[a:b])
-        if needs_grad:
-            ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype, vocab), False
-        return total
+                if need_h:
+                    torch.mm(probs, w, out=grad_h[a:b])
+                    grad_h[a:b].mul_(scale)
+                if need_w:
+                    grad_w = _accumulate(grad_w, probs, h[a:b] * scale)
+        if grad_w is not None:
+            grad_w = grad_w[:vocab]
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
+        return total * scale
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -122,10 +130,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             raise RuntimeError("linear_cross_entropy: backward through the same loss twice")
         ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
-        h_dtype, w_dtype, vocab = ctx.dtypes
-        # In place: the precomputed gradients are this function's own buffers, used once.
-        gh = grad_h.mul_(grad_out).to(h_dtype) if ctx.needs_input_grad[0] else None
-        gw = grad_w[:vocab].mul_(grad_out).to(w_dtype) if grad_w is not None else None
+        h_dtype, w_dtype = ctx.dtypes
+        # A loss backpropagated as is has grad_out == 1: skip two passes over the buffers (on a
+        # CPU, where reading the value costs nothing). Otherwise scale in place: the buffers are
+        # this function's own, used once.
+        unit = grad_out.device.type == "cpu" and float(grad_out) == 1.0
+        if grad_h is not None and not unit:
+            grad_h.mul_(grad_out)
+        if grad_w is not None and not unit:
+            grad_w.mul_(grad_out)
+        gh = grad_h.to(h_dtype) if grad_h is not None else None
+        gw = grad_w.to(w_dtype) if grad_w is not None else None
         return gh, gw, None, None, None
 
 
@@ -153,8 +168,6 @@ class _LinearTargetLogprobs(torch.autograd.Function):
         h, w, vocab = hidden.to(dtype), _head(weight, dtype, ctx.pad_to), weight.shape[0]
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros(w.shape, dtype=_upcast(w[:0]).dtype, device=weight.device)
         for a, b in _chunks(h.shape[0], ctx.chunk_rows):
             logits = _logits(h[a:b], w, vocab)
             g = grad_out[a:b].to(logits.dtype)
@@ -165,7 +178,8 @@ class _LinearTargetLogprobs(torch.autograd.Function):
             d_logits = d_logits.to(dtype)
             if grad_h is not None:
                 torch.mm(d_logits, w, out=grad_h[a:b])
-            _accumulate(grad_w, d_logits, h[a:b])
+            if ctx.needs_input_grad[1]:
+                grad_w = _accumulate(grad_w, d_logits, h[a:b])
         gh = grad_h.to(hidden.dtype) if grad_h is not None else None
         gw = grad_w[:vocab].to(weight.dtype) if grad_w is not None else None
         return gh, gw, None, None, None
@@ -198,8 +212,7 @@ def linear_cross_entropy(
         return hidden.sum() * 0.0, n  # keeps the graph connected for DDP
     rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
     pad = pad_vocab_to or default_pad_vocab_to(h.device)
-    total = _LinearCrossEntropy.apply(h, weight, t, rows, pad)
-    return total / n.clamp(min=1), n
+    return _LinearCrossEntropy.apply(h, weight, t, rows, pad), n
 
 
 def linear_target_logprobs(

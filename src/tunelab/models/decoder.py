@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 from tunelab.models.config import Config
 
@@ -180,6 +181,9 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Keep only each block's input in training and recompute the block in the backward pass:
+        # activation memory of one block instead of all, for one more forward of compute.
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -261,8 +265,12 @@ class Decoder(nn.Module):
         mask = self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device)
         rope = self._rope_for(positions) if self.cfg.uses_rope else None
         x = self.embed(input_ids, positions)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, rope, mask, cache)
+            if recompute and cache is None:
+                x = checkpoint(block, x, rope, mask, None, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, cache)
         if cache is not None:
             cache.length += T
         return self.norm_f(x)

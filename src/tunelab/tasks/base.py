@@ -64,6 +64,7 @@ class LMTask(L.LightningModule):
         weight_decay_exclude_norms: bool = True,
         on_nonfinite: str = "stop",
         chunked_lm_loss: bool = True,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -77,6 +78,7 @@ class LMTask(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
         self.chunked_lm_loss = chunked_lm_loss
+        model.activation_checkpointing = activation_checkpointing
 
     @property
     def use_chunked_lm_loss(self) -> bool:
