@@ -266,6 +266,57 @@ def run_config(
     return out
 
 
+def check_varlen(args, device: torch.device) -> dict[str, Any]:
+    """Packed batch in bf16: the varlen FlashAttention path against the masked path."""
+    import tunelab.models.decoder as decoder
+    from tunelab.data.packing import collate_packed
+    from tunelab.models.config import Config
+    from tunelab.models.tokenizer import gpt2_tokenizer
+    from tunelab.tasks.base import next_token_loss
+
+    try:
+        tok = gpt2_tokenizer()
+        cfg = Config.from_preset(args.preset, dropout=0.0)
+        torch.manual_seed(args.seed)
+        model = decoder.Decoder(cfg).to(device).train()
+        g = torch.Generator().manual_seed(0)
+        width = min(1024, cfg.context_length)
+        lengths = torch.randint(20, width // 3, (24,), generator=g).tolist()
+        seqs = [torch.randint(0, 50000, (n,), generator=g).tolist() for n in lengths]
+        batch = collate_packed(seqs, pad_id=tok.pad_id, max_length=width, pad_to_multiple_of=64)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = {}
+        for varlen in (True, False):
+            decoder.VARLEN_ATTENTION = varlen
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                used = model._use_varlen(batch["input_ids"], batch["doc_ids"], None, None)
+                hidden = model.hidden_states(
+                    batch["input_ids"], positions=batch["positions"], doc_ids=batch["doc_ids"]
+                )
+                loss, _ = next_token_loss(model, batch)
+            loss.backward()
+            grad = torch.cat([p.grad.flatten().float() for p in model.parameters()])
+            out[varlen] = (used, hidden.float(), float(loss), grad)
+        decoder.VARLEN_ATTENTION = True
+        real = batch["doc_ids"] >= 0
+        dh = (out[True][1][real] - out[False][1][real]).abs().max().item()
+        dg = ((out[True][3] - out[False][3]).norm() / out[False][3].norm()).item()
+        ok = out[True][0] and abs(out[True][2] - out[False][2]) < 2e-2 and dg < 5e-2
+        return {
+            "ok": bool(ok),
+            "varlen_used": out[True][0],
+            "loss_varlen": out[True][2],
+            "loss_masked": out[False][2],
+            "max_abs_hidden_diff": dh,
+            "grad_rel_diff": dg,
+            "spans": int(decoder.packed_spans(batch["doc_ids"]).cu_seqlens.numel() - 1),
+        }
+    except Exception as e:  # an API mismatch must not cost the rest of the run
+        decoder.VARLEN_ATTENTION = False
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+
+
 def run_matrix(args) -> list[tuple[str, int, str, bool]]:
     """(sdpa, batch size, loop, chunked) in the order to run: --matrix, or the product."""
     if args.matrix:
@@ -300,9 +351,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--sdpa",
         default="tunelab,pytorch",
-        help="attention kernels for masked (packed) rows: tunelab (the decoder's choice, "
-        "memory-efficient attention), pytorch (PyTorch's own pick, which may be cuDNN attention: "
-        "it builds a graph per new sequence length, and packed rows vary in length)",
+        help="attention for packed rows: tunelab (the decoder's choice: varlen FlashAttention in "
+        "bf16), masked (memory-efficient attention with the block-diagonal mask), pytorch "
+        "(PyTorch's own pick for the mask, which may be cuDNN attention: it builds a graph per "
+        "new sequence length, and packed rows vary in length)",
     )
     p.add_argument(
         "--chunked",
@@ -361,12 +413,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import tunelab.models.decoder as decoder
 
     default_backends = decoder.MASKED_SDPA_BACKENDS
+    if device.type == "cuda":
+        results["varlen_check"] = check_varlen(args, device)
+        print("varlen check:", results["varlen_check"], flush=True)
+    varlen_ok = bool(results.get("varlen_check", {}).get("ok", True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for sdpa, bs, loop, chunked in run_matrix(args):
         if args.budget_s and time.perf_counter() - t0 > args.budget_s:
             results["skipped"].append(f"{sdpa}:{bs}:{loop}:{chunked}")
             continue
-        decoder.MASKED_SDPA_BACKENDS = default_backends if sdpa == "tunelab" else None
+        # tunelab: varlen FlashAttention for packed rows (if it passed its check), else the
+        # memory-efficient kernel with the mask; masked: always the latter; pytorch: PyTorch's pick
+        decoder.VARLEN_ATTENTION = sdpa == "tunelab" and varlen_ok
+        decoder.MASKED_SDPA_BACKENDS = None if sdpa == "pytorch" else default_backends
         r = {"sdpa": sdpa, **run_config(args, bs, device, loop, chunked)}
         r["mfu_vs_datasheet"] = r["model_flops_per_s"] / sheet if sheet else None
         r["mfu_vs_measured_gemm"] = r["model_flops_per_s"] / measured
@@ -380,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["wall_s"] = time.perf_counter() - t0
         # written after every run: a run cut short by a time limit keeps what it measured
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    decoder.MASKED_SDPA_BACKENDS = default_backends
+    decoder.MASKED_SDPA_BACKENDS, decoder.VARLEN_ATTENTION = default_backends, True
     results["wall_s"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results

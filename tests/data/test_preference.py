@@ -18,7 +18,6 @@ from tunelab.data.preference import (
     collate_pairs,
     encode_pair,
     load_preferences,
-    pack_rows,
 )
 from tunelab.data.prompts import get_style
 from tunelab.data.records import DataError, Record
@@ -218,17 +217,17 @@ def test_collate_carries_precomputed_reference_logps():
 
 def test_packed_collate_holds_the_same_sequences():
     b = collate_pairs(_examples(), pad_id=0, packing=True, pack_length=10)
-    # Input lengths 5, 3, 4, 5 -> first-fit decreasing into rows of 10: [0, 3], [2, 1].
-    assert pack_rows([5, 3, 4, 5], 10) == [[0, 3], [2, 1]]
+    # Input lengths 5, 3, 4, 5 (17 tokens) -> 2 balanced rows, longest first into the emptier
+    # row: 0 -> row 0, 3 -> row 1, 2 -> row 0 (5 <= 5, lower index), 1 -> row 1; width 9, not 10.
     assert b["input_ids"].tolist() == [
-        [1, 2, 3, 10, 11, 4, 5, 21, 22, 23],
-        [1, 2, 3, 20, 4, 5, 12, 0, 0, 0],
+        [1, 2, 3, 10, 11, 1, 2, 3, 20],
+        [4, 5, 12, 4, 5, 21, 22, 23, 0],
     ]
     assert b["positions"].tolist() == [
-        [0, 1, 2, 3, 4, 0, 1, 2, 3, 4],
-        [0, 1, 2, 3, 0, 1, 2, 0, 0, 0],
+        [0, 1, 2, 3, 4, 0, 1, 2, 3],
+        [0, 1, 2, 0, 1, 2, 3, 4, 0],
     ]
-    assert b["doc_ids"].tolist() == [[0] * 5 + [3] * 5, [2] * 4 + [1] * 3 + [-1] * 3]
+    assert b["doc_ids"].tolist() == [[0] * 5 + [2] * 4, [1] * 3 + [3] * 5 + [-1]]
     # Every sequence's counted targets are, in order, those of its padded row.
     padded = collate_pairs(_examples(), pad_id=0)
     for s in range(4):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hydra
 import pytest
 
 from tests.conftest import compose_train
+from tunelab.models.tokenizer import gpt2_tokenizer
 from tunelab.train import train
 
 
@@ -34,3 +36,31 @@ def test_three_sft_steps_give_the_same_losses_with_and_without_chunking(tmp_path
         losses[chunked] = train(cfg)
     # the epoch mean includes steps 2 and 3, taken after updates: equal losses mean equal gradients
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_tokens_seen_counts_every_target_of_an_epoch(tmp_path, toy_file):
+    # the count is taken on the host before the batch moves (no device sync); it must be exact
+    cfg = compose_train(
+        [
+            "model=tiny-gpt2",
+            "trainer=cpu",
+            "data=instructions_file",
+            f"data.path={toy_file}",
+            "data.split=[1.0,0.0,0.0]",
+            "data.batch_size=3",
+            "trainer.max_epochs=1",
+            "+trainer.limit_val_batches=0",
+            "+trainer.enable_progress_bar=false",
+            "~callbacks.progress_bar",
+            "~callbacks.responses",
+            "~callbacks.model_checkpoint",
+            "optimized_metric=train/tokens_seen",
+        ],
+        tmp_path,
+    )
+    seen = train(cfg)
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.connect(gpt2_tokenizer(), "alpaca")
+    dm.setup("fit")
+    expected = sum(int((b["targets"] != -100).sum()) for b in dm.train_dataloader())
+    assert expected > 0 and seen == expected

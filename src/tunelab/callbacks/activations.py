@@ -92,6 +92,8 @@ class ActivationStats(L.Callback):
     def _on_residual(self, i: int, x: torch.Tensor) -> None:
         if not self._active or not torch.is_grad_enabled():
             return  # not a logging step, or a no-grad pass (validation, generation)
+        if i in self._stats:
+            return  # the block recomputed in the backward pass (activation checkpointing)
         self._stats[i] = residual_stats(x)
         if self.grad_norms and x.requires_grad:
 

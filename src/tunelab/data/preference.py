@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tunelab.data.distributed import data_position, make_loader, resume_point
+from tunelab.data.packing import assign_rows
 from tunelab.data.prompts import PromptStyle, get_style
 from tunelab.data.records import (
     _ROLE_ALIASES,
@@ -287,30 +288,12 @@ def collate_pairs(
     return out
 
 
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: sequence indices per row, each row's total length <= capacity.
-
-    A sequence longer than capacity gets a row of its own. Deterministic (ties by index).
-    """
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-    return rows
-
-
 def _pack(
     seqs: list[tuple[list[int], list[int]]], pad_id: int, capacity: int | None, ignore_index: int
 ) -> dict[str, torch.Tensor]:
     lengths = [len(inp) for inp, _ in seqs]
-    rows = pack_rows(lengths, capacity or max(lengths))
+    # balanced rows (the SFT packer's): the width stays near total / rows, so little padding
+    rows = assign_rows(lengths, max(capacity or 0, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), width)
     inputs = torch.full(shape, pad_id, dtype=torch.long)

@@ -11,7 +11,9 @@ each token belongs to) and attention becomes block-diagonal causal.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.models.config import Config
+
+try:  # FlashAttention over packed variable-length sequences (PyTorch >= 2.9, CUDA, bf16/fp16)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older PyTorch
+    varlen_attn = None
 
 # SDPA kernels allowed for attention with an explicit mask (packed rows, left padding) on a GPU.
 # PyTorch may pick cuDNN attention there, which builds an execution graph for every new sequence
@@ -89,6 +96,52 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+# Packed rows on a GPU in bf16/fp16: attention runs per example with FlashAttention's varlen
+# kernel, so the work is the sum of l^2 over examples instead of rows x width^2 with a mask.
+VARLEN_ATTENTION = True
+
+
+class PackedSpans(NamedTuple):
+    """Where each example of packed rows starts in the flattened (B * T) tokens."""
+
+    cu_seqlens: torch.Tensor  # (n + 1,) int32: 0, end of span 0, ..., B * T
+    max_len: int
+
+
+def packed_spans(doc_ids: torch.Tensor) -> PackedSpans:
+    """Spans of equal doc id within each row (a padding run is a span of its own)."""
+    B, T = doc_ids.shape
+    flat = doc_ids.reshape(-1)
+    starts = torch.zeros_like(flat, dtype=torch.bool)
+    starts[::T] = True
+    starts[1:] |= flat[1:] != flat[:-1]
+    edges = torch.nonzero(starts).flatten()
+    total = torch.tensor([flat.numel()], device=flat.device)
+    cu = torch.cat([edges, total]).to(torch.int32)
+    return PackedSpans(cu, int((cu[1:] - cu[:-1]).max()))
+
+
+def _varlen_causal(q, k, v, spans: PackedSpans) -> torch.Tensor:
+    """Causal varlen attention on (N, H, D) tensors; PyTorch 2.9/2.10 spell causal differently."""
+    if "window_size" in _VARLEN_PARAMS:
+        return varlen_attn(
+            q,
+            k,
+            v,
+            spans.cu_seqlens,
+            spans.cu_seqlens,
+            spans.max_len,
+            spans.max_len,
+            window_size=(-1, 0),
+        )
+    return varlen_attn(
+        q, k, v, spans.cu_seqlens, spans.cu_seqlens, spans.max_len, spans.max_len, is_causal=True
+    )
+
+
+_VARLEN_PARAMS = set(inspect.signature(varlen_attn).parameters) if varlen_attn else set()
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -120,6 +173,11 @@ class Attention(nn.Module):
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
+        if isinstance(mask, PackedSpans):
+            y = _varlen_causal(
+                *(t.transpose(1, 2).reshape(B * T, -1, self.head_dim) for t in (q, k, v)), mask
+            )
+            return self.proj(y.reshape(B, T, self.n_head * self.head_dim))
         backends = MASKED_SDPA_BACKENDS if mask is not None and q.is_cuda else None
         with sdpa_kernel(backends) if backends else contextlib.nullcontext():
             y = F.scaled_dot_product_attention(
@@ -262,7 +320,10 @@ class Decoder(nn.Module):
             raise ValueError(
                 f"sequence of {T + start} tokens exceeds context_length {self.cfg.context_length}"
             )
-        mask = self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device)
+        if self._use_varlen(input_ids, doc_ids, cache, attention_mask):
+            mask = packed_spans(doc_ids)
+        else:
+            mask = self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device)
         rope = self._rope_for(positions) if self.cfg.uses_rope else None
         x = self.embed(input_ids, positions)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
@@ -274,6 +335,18 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.length += T
         return self.norm_f(x)
+
+    def _use_varlen(self, input_ids, doc_ids, cache, attention_mask) -> bool:
+        if not (VARLEN_ATTENTION and varlen_attn is not None and input_ids.is_cuda):
+            return False
+        if doc_ids is None or cache is not None or attention_mask is not None:
+            return False
+        if self.training and self.cfg.dropout > 0:  # the varlen kernel has no attention dropout
+            return False
+        half = (torch.float16, torch.bfloat16)
+        if torch.is_autocast_enabled("cuda"):
+            return torch.get_autocast_dtype("cuda") in half
+        return self.wte.weight.dtype in half
 
     @staticmethod
     def _mask(B, T, doc_ids, cache, attention_mask, device) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from tunelab.losses import (
+    IGNORE_INDEX,
     linear_cross_entropy,
     linear_target_logprobs,
     masked_cross_entropy,
@@ -93,6 +94,21 @@ class LMTask(L.LightningModule):
 
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         raise NotImplementedError
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count the batch's targets while it is still on the host: reading a count back from a
+        # GPU would make the host wait for the forward pass before it can queue the backward.
+        if isinstance(batch, dict) and isinstance(batch.get("targets"), torch.Tensor):
+            self._host_targets = int((batch["targets"] != IGNORE_INDEX).sum())
+        return batch
+
+    def counted_targets(self, n_targets: torch.Tensor) -> int:
+        """The batch's target count as an int: from the host count when one process trains."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        host = getattr(self, "_host_targets", None)
+        if world <= 1 and host is not None:
+            return host
+        return int(n_targets)
 
     def global_token_mean(
         self, loss: torch.Tensor, n_tokens: torch.Tensor

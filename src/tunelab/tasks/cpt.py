@@ -56,7 +56,7 @@ class CPTTask(LMTask):
         # Every block has block_len targets, so per-rank means already average to the global one.
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        self.tokens_seen += int(n_targets)
+        self.tokens_seen += self.counted_targets(n_targets)
         if "domain" in batch:
             n_old = int((batch["domain"] == OLD).sum())
             self.blocks_seen[OLD] += n_old

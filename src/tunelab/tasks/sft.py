@@ -24,19 +24,20 @@ class SFTTask(LMTask):
             )
             loss, n_targets = masked_cross_entropy(logits, batch["targets"])
         loss, n_targets = self.global_token_mean(loss, n_targets)
+        n_counted = self.counted_targets(n_targets)
         bs = batch["input_ids"].shape[0]
         # Weight the epoch mean by counted tokens, so val/loss is the true per-token loss.
         self.log(
             f"{split}/loss",
             loss,
             prog_bar=True,
-            batch_size=max(int(n_targets), 1),
+            batch_size=max(n_counted, 1),
             on_step=split == "train",
             on_epoch=True,
             sync_dist=True,  # with global_token_mean: the mean over ranks is the global mean
         )
         if split == "train":
-            self.tokens_seen += int(n_targets)
+            self.tokens_seen += n_counted
             self.log(
                 "train/tokens_seen",
                 float(self.tokens_seen),
