@@ -5,7 +5,10 @@ or rotary embeddings + RMSNorm + SwiGLU MLP + grouped-query attention (Llama). A
 through `scaled_dot_product_attention`. The module is plain PyTorch, usable without Lightning.
 
 Packed rows are supported: pass `positions` (per-example positions) and `doc_ids` (which example
-each token belongs to) and attention becomes block-diagonal causal.
+each token belongs to) and attention becomes block-diagonal causal: a boolean mask for SDPA, or on
+a GPU in bf16/fp16 FlashAttention's variable-length kernel, one causal attention per example.
+`hidden_states` returns the final normed states without the LM head, for losses that project them
+chunk by chunk (`tunelab.losses.chunked`).
 """
 
 from __future__ import annotations

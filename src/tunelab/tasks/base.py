@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,12 @@ from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# LMTask counts targets in `on_before_batch_transfer`, and Lightning warns whenever a module's hook
+# of that name meets a DataModule, although using the module's hook is exactly what is wanted here.
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`"
+)
 
 # Strategies that shard or gather parameters inside the module's own forward: the LM head's weight
 # is only whole there, so the chunked loss (which reads it directly) is not used under them.
