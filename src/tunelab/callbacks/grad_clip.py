@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from tunelab.utils.scalars import cpu_scalar
+
 
 class GradClip(L.Callback):
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
@@ -29,4 +31,10 @@ class GradClip(L.Callback):
             ) in params:  # skip policy: no gradient, so the optimizer leaves weights as they are
                 p.grad = None
             return
-        pl_module.log("train/grad_norm", self.last_norm, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log(
+            "train/grad_norm",
+            cpu_scalar(self.last_norm),
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )

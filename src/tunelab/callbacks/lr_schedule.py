@@ -10,6 +10,8 @@ import math
 
 import lightning as L
 
+from tunelab.utils.scalars import cpu_scalar
+
 
 def lr_at(
     step: int,
@@ -96,4 +98,4 @@ class WarmupCosineLR(L.Callback):
         for opt in trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
-        pl_module.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("train/lr", cpu_scalar(lr), on_step=True, on_epoch=False, batch_size=1)

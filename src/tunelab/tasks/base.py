@@ -20,6 +20,7 @@ from tunelab.losses import (
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.utils.scalars import cpu_scalar
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class LMTask(L.LightningModule):
             )
             self.log(
                 "train/skipped_batches",
-                float(self.skipped_batches),
+                cpu_scalar(self.skipped_batches),
                 on_step=True,
                 on_epoch=False,
                 batch_size=1,

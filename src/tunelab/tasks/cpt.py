@@ -21,6 +21,7 @@ import torch
 from tunelab.data.replay import DOMAIN_NAMES, NEW, OLD
 from tunelab.losses.lm import IGNORE_INDEX
 from tunelab.tasks.base import LMTask, batch_target_logprobs, next_token_loss
+from tunelab.utils.scalars import cpu_scalar
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,18 @@ class CPTTask(LMTask):
         self.validate_at_start = validate_at_start
         self.baseline: dict[str, float] | None = None
         self.blocks_seen = {NEW: 0, OLD: 0}
+        self._host_old_blocks: int | None = None
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # [domain] -> sum of token NLL
         self._val_counts = torch.zeros(2, dtype=torch.float64)  # [domain] -> target tokens
 
     # -- training ---------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # the replay blocks of the batch, counted on the host (see LMTask.on_before_batch_transfer)
+        self._host_old_blocks = None
+        if isinstance(batch, dict) and isinstance(batch.get("domain"), torch.Tensor):
+            self._host_old_blocks = int((batch["domain"] == OLD).sum())
+        return super().on_before_batch_transfer(batch, dataloader_idx)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n_targets = next_token_loss(self.model, batch, self.use_chunked_lm_loss)
         # Every block has block_len targets, so per-rank means already average to the global one.
@@ -58,13 +67,13 @@ class CPTTask(LMTask):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         self.tokens_seen += self.counted_targets(n_targets)
         if "domain" in batch:
-            n_old = int((batch["domain"] == OLD).sum())
+            n_old = self._host_old_blocks if self._host_old_blocks is not None else 0
             self.blocks_seen[OLD] += n_old
             self.blocks_seen[NEW] += bs - n_old
         total = self.blocks_seen[NEW] + self.blocks_seen[OLD]
         step_metrics = {
-            "train/tokens_seen": float(self.tokens_seen),
-            "train/replay_ratio_realised": self.blocks_seen[OLD] / max(1, total),
+            "train/tokens_seen": cpu_scalar(self.tokens_seen),
+            "train/replay_ratio_realised": cpu_scalar(self.blocks_seen[OLD] / max(1, total)),
         }
         self.log_dict(step_metrics, on_step=True, on_epoch=False, batch_size=bs)
         return loss

@@ -34,6 +34,7 @@ from tunelab.losses.dpo import check_dpo_args
 from tunelab.losses.lm import IGNORE_INDEX
 from tunelab.models.decoder import Decoder
 from tunelab.tasks.base import LMTask, batch_target_logprobs
+from tunelab.utils.scalars import cpu_scalar
 
 log = logging.getLogger(__name__)
 REFERENCE_MODES = ("precomputed", "frozen")
@@ -269,7 +270,7 @@ class DPOTask(LMTask):
             "logps/chosen": chosen_logps.mean(),
             "logps/rejected": rejected_logps.mean(),
         }
-        self._completion_tokens = int(counts.sum())
+        self._completion_tokens = self.counted_targets(counts.sum())
         return losses.mean(), metrics
 
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
@@ -289,7 +290,7 @@ class DPOTask(LMTask):
             self.tokens_seen += self._completion_tokens
             self.log(
                 "train/tokens_seen",
-                float(self.tokens_seen),
+                cpu_scalar(self.tokens_seen),
                 on_step=True,
                 on_epoch=False,
                 batch_size=n_pairs,

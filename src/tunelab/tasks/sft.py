@@ -7,6 +7,7 @@ from torchmetrics.text import Perplexity
 
 from tunelab.losses import masked_cross_entropy
 from tunelab.tasks.base import LMTask, next_token_loss
+from tunelab.utils.scalars import cpu_scalar
 
 
 class SFTTask(LMTask):
@@ -40,7 +41,7 @@ class SFTTask(LMTask):
             self.tokens_seen += n_counted
             self.log(
                 "train/tokens_seen",
-                float(self.tokens_seen),
+                cpu_scalar(self.tokens_seen),
                 on_step=True,
                 on_epoch=False,
                 batch_size=bs,
