@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from tunelab.utils.scalars import cpu_scalar
+from tunelab.utils.scalars import log_step_value
 
 
 class GradClip(L.Callback):
@@ -31,10 +31,4 @@ class GradClip(L.Callback):
             ) in params:  # skip policy: no gradient, so the optimizer leaves weights as they are
                 p.grad = None
             return
-        pl_module.log(
-            "train/grad_norm",
-            cpu_scalar(self.last_norm),
-            on_step=True,
-            on_epoch=False,
-            batch_size=1,
-        )
+        log_step_value(pl_module, "train/grad_norm", self.last_norm)

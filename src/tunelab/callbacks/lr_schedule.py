@@ -10,7 +10,7 @@ import math
 
 import lightning as L
 
-from tunelab.utils.scalars import cpu_scalar
+from tunelab.utils.scalars import log_step_value
 
 
 def lr_at(
@@ -98,4 +98,4 @@ class WarmupCosineLR(L.Callback):
         for opt in trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
-        pl_module.log("train/lr", cpu_scalar(lr), on_step=True, on_epoch=False, batch_size=1)
+        log_step_value(pl_module, "train/lr", lr)

@@ -20,7 +20,7 @@ from tunelab.losses import (
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.tokenizer import Tokenizer
-from tunelab.utils.scalars import cpu_scalar
+from tunelab.utils.scalars import log_step_value
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +152,7 @@ class LMTask(L.LightningModule):
                 batch_idx,
                 self.skipped_batches,
             )
-            self.log(
-                "train/skipped_batches",
-                cpu_scalar(self.skipped_batches),
-                on_step=True,
-                on_epoch=False,
-                batch_size=1,
-            )
+            log_step_value(self, "train/skipped_batches", self.skipped_batches)
             return None
         raise FloatingPointError(
             f"non-finite {what} at step {step} (batch {batch_idx}); training stopped, the last "

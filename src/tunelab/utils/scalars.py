@@ -8,9 +8,15 @@ step, so it cannot queue the backward pass while the forward runs. A CPU tensor 
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 
 
 def cpu_scalar(value: float | int) -> torch.Tensor:
     """A float64 CPU tensor (exact for integer counts up to 2**53, unlike float32)."""
     return torch.tensor(float(value), dtype=torch.float64)
+
+
+def log_step_value(module: L.LightningModule, name: str, value: float | int) -> None:
+    """Log a per-step number (not averaged over the epoch) without a device round trip."""
+    module.log(name, cpu_scalar(value), on_step=True, on_epoch=False, batch_size=1)
