@@ -107,15 +107,18 @@ class LMTask(L.LightningModule):
         # Count the batch's targets while it is still on the host: reading a count back from a
         # GPU would make the host wait for the forward pass before it can queue the backward.
         if isinstance(batch, dict) and isinstance(batch.get("targets"), torch.Tensor):
-            self._host_targets = int((batch["targets"] != IGNORE_INDEX).sum())
+            targets = batch["targets"]
+            self._host_targets = (tuple(targets.shape), int((targets != IGNORE_INDEX).sum()))
         return batch
 
-    def counted_targets(self, n_targets: torch.Tensor) -> int:
-        """The batch's target count as an int: from the host count when one process trains."""
-        world = self.trainer.world_size if self._trainer is not None else 1
+    def counted_targets(self, batch: dict[str, torch.Tensor], n_targets: torch.Tensor) -> int:
+        """The batch's target count as an int: the host's count when one process trains in a
+        Trainer (taken from this batch: same shape), else read from `n_targets`."""
         host = getattr(self, "_host_targets", None)
-        if world <= 1 and host is not None:
-            return host
+        if self._trainer is not None and self.trainer.world_size <= 1 and host is not None:
+            shape, count = host
+            if shape == tuple(batch["targets"].shape):
+                return count
         return int(n_targets)
 
     def global_token_mean(

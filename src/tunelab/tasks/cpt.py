@@ -65,9 +65,12 @@ class CPTTask(LMTask):
         # Every block has block_len targets, so per-rank means already average to the global one.
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        self.tokens_seen += self.counted_targets(n_targets)
+        self.tokens_seen += self.counted_targets(batch, n_targets)
         if "domain" in batch:
-            n_old = self._host_old_blocks if self._host_old_blocks is not None else 0
+            n_old = self._host_old_blocks
+            if n_old is None:  # not through a Trainer's transfer hook: count on the device
+                n_old = int((batch["domain"] == OLD).sum())
+            self._host_old_blocks = None  # used once
             self.blocks_seen[OLD] += n_old
             self.blocks_seen[NEW] += bs - n_old
         total = self.blocks_seen[NEW] + self.blocks_seen[OLD]

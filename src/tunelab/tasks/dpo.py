@@ -270,7 +270,7 @@ class DPOTask(LMTask):
             "logps/chosen": chosen_logps.mean(),
             "logps/rejected": rejected_logps.mean(),
         }
-        self._completion_tokens = self.counted_targets(counts.sum())
+        self._completion_tokens = self.counted_targets(batch, counts.sum())
         return losses.mean(), metrics
 
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ class SFTTask(LMTask):
             )
             loss, n_targets = masked_cross_entropy(logits, batch["targets"])
         loss, n_targets = self.global_token_mean(loss, n_targets)
-        n_counted = self.counted_targets(n_targets)
+        n_counted = self.counted_targets(batch, n_targets)
         bs = batch["input_ids"].shape[0]
         # Weight the epoch mean by counted tokens, so val/loss is the true per-token loss.
         self.log(
