@@ -60,20 +60,25 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-def interrupt_and_resume(toy_file: Path, tmp_path: Path, sig: int) -> None:
+def _saved_step(path: Path) -> int:
+    return read_checkpoint(path)["global_step"] if path.exists() else -1  # written atomically
+
+
+def interrupt_and_resume(toy_file: Path, tmp_path: Path, sig: int, after_step: int = 1) -> None:
+    """Cut a run once a checkpoint of at least `after_step` exists, resume, compare weights."""
     reference, interrupted = tmp_path / "ref", tmp_path / "cut"
     code, err = finish(start(base_args(toy_file, reference)))
     assert code == 0, err[-3000:]
     proc = start(base_args(toy_file, interrupted))
     last = interrupted / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
+    while _saved_step(last) < after_step and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     finish(proc)
     step_at_cut = read_checkpoint(last)["global_step"]
-    assert 0 < step_at_cut < 24
+    assert after_step <= step_at_cut < 24
     code, err = finish(start([*base_args(toy_file, interrupted), "ckpt_path=last"]))
     assert code == 0, err[-3000:]
     a, b = final_weights(reference), final_weights(interrupted)
@@ -88,6 +93,13 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, toy_file):
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, toy_file):
     interrupt_and_resume(toy_file, tmp_path, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_resume_in_a_later_epoch_matches_an_uninterrupted_run(tmp_path, toy_file):
+    # 4 steps per epoch: cut at step 8 or later, where the data order of epochs 2+ must be
+    # restored too (it once restarted from epoch 0's shuffle)
+    interrupt_and_resume(toy_file, tmp_path, signal.SIGTERM, after_step=8)
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -79,8 +79,11 @@ def data_position(trainer) -> dict[str, int]:
     if trainer is None or not trainer.num_training_batches:
         return {}
     per_epoch = trainer.num_training_batches
-    done = trainer.global_step * trainer.accumulate_grad_batches - trainer.current_epoch * per_epoch
-    return {"epoch": int(trainer.current_epoch), "batches_done": int(max(0, done))}
+    epoch = int(trainer.current_epoch)
+    done = int(max(0, trainer.global_step * trainer.accumulate_grad_batches - epoch * per_epoch))
+    if done >= per_epoch:  # saved after an epoch's last batch, before Lightning counted the epoch
+        epoch, done = epoch + done // per_epoch, done % per_epoch
+    return {"epoch": epoch, "batches_done": done}
 
 
 def resume_point(state: dict[str, int] | None) -> tuple[int, int] | None:
@@ -109,6 +112,11 @@ def make_loader(
     rank, world = rank_and_world(trainer)
     sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world)
     sampler.resume_at = resume_at
+    if resume_at is not None:
+        # Lightning calls `set_epoch` only on samplers, not on a batch sampler like this one, so
+        # its epoch counts itself from 0: a resumed process must start it at the saved epoch, or
+        # every later epoch would be shuffled as the first ones were.
+        sampler.epoch = resume_at[0]
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers
     )
