@@ -192,6 +192,13 @@ def _counted(
     return mask, hidden[mask], targets[mask]
 
 
+def _apply(fn, h, weight, t, chunk_rows: int | None, pad_vocab_to: int | None) -> torch.Tensor:
+    """Run a chunked function with the device's default chunk size and head padding."""
+    rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
+    pad = pad_vocab_to or default_pad_vocab_to(h.device)
+    return fn.apply(h, weight, t, rows, pad)
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -210,9 +217,7 @@ def linear_cross_entropy(
     n = mask.sum()
     if h.shape[0] == 0:
         return hidden.sum() * 0.0, n  # keeps the graph connected for DDP
-    rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
-    pad = pad_vocab_to or default_pad_vocab_to(h.device)
-    return _LinearCrossEntropy.apply(h, weight, t, rows, pad), n
+    return _apply(_LinearCrossEntropy, h, weight, t, chunk_rows, pad_vocab_to), n
 
 
 def linear_target_logprobs(
@@ -228,6 +233,5 @@ def linear_target_logprobs(
     out = torch.zeros(targets.shape, dtype=_upcast(hidden[:0]).dtype, device=hidden.device)
     if h.shape[0] == 0:
         return out + hidden.sum() * 0.0
-    rows = chunk_rows or default_chunk_rows(weight.shape[0], h.device)
-    pad = pad_vocab_to or default_pad_vocab_to(h.device)
-    return out.masked_scatter(mask, _LinearTargetLogprobs.apply(h, weight, t, rows, pad))
+    logp = _apply(_LinearTargetLogprobs, h, weight, t, chunk_rows, pad_vocab_to)
+    return out.masked_scatter(mask, logp)

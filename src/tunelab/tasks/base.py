@@ -20,7 +20,7 @@ from tunelab.losses import (
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.tokenizer import Tokenizer
-from tunelab.utils.scalars import log_step_value
+from tunelab.utils.scalars import cpu_scalar, log_step_value
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,17 @@ class LMTask(L.LightningModule):
             if shape == tuple(batch["targets"].shape):
                 return count
         return int(n_targets)
+
+    def add_tokens_seen(self, n: int, batch_size: int) -> None:
+        """Count a training batch's tokens and log the running total (a CPU value: no sync)."""
+        self.tokens_seen += n
+        self.log(
+            "train/tokens_seen",
+            cpu_scalar(self.tokens_seen),
+            on_step=True,
+            on_epoch=False,
+            batch_size=batch_size,
+        )
 
     def global_token_mean(
         self, loss: torch.Tensor, n_tokens: torch.Tensor

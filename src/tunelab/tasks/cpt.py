@@ -65,7 +65,7 @@ class CPTTask(LMTask):
         # Every block has block_len targets, so per-rank means already average to the global one.
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        self.tokens_seen += self.counted_targets(batch, n_targets)
+        self.add_tokens_seen(self.counted_targets(batch, n_targets), bs)
         if "domain" in batch:
             n_old = self._host_old_blocks
             if n_old is None:  # not through a Trainer's transfer hook: count on the device
@@ -74,11 +74,13 @@ class CPTTask(LMTask):
             self.blocks_seen[OLD] += n_old
             self.blocks_seen[NEW] += bs - n_old
         total = self.blocks_seen[NEW] + self.blocks_seen[OLD]
-        step_metrics = {
-            "train/tokens_seen": cpu_scalar(self.tokens_seen),
-            "train/replay_ratio_realised": cpu_scalar(self.blocks_seen[OLD] / max(1, total)),
-        }
-        self.log_dict(step_metrics, on_step=True, on_epoch=False, batch_size=bs)
+        self.log(
+            "train/replay_ratio_realised",
+            cpu_scalar(self.blocks_seen[OLD] / max(1, total)),
+            on_step=True,
+            on_epoch=False,
+            batch_size=bs,
+        )
         return loss
 
     # -- validation -------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from tunelab.losses.dpo import check_dpo_args
 from tunelab.losses.lm import IGNORE_INDEX
 from tunelab.models.decoder import Decoder
 from tunelab.tasks.base import LMTask, batch_target_logprobs
-from tunelab.utils.scalars import cpu_scalar
 
 log = logging.getLogger(__name__)
 REFERENCE_MODES = ("precomputed", "frozen")
@@ -287,12 +286,5 @@ class DPOTask(LMTask):
             on_epoch=True,
         )
         if split == "train":
-            self.tokens_seen += self._completion_tokens
-            self.log(
-                "train/tokens_seen",
-                cpu_scalar(self.tokens_seen),
-                on_step=True,
-                on_epoch=False,
-                batch_size=n_pairs,
-            )
+            self.add_tokens_seen(self._completion_tokens, n_pairs)
         return loss

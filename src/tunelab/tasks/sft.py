@@ -7,7 +7,6 @@ from torchmetrics.text import Perplexity
 
 from tunelab.losses import masked_cross_entropy
 from tunelab.tasks.base import LMTask, next_token_loss
-from tunelab.utils.scalars import cpu_scalar
 
 
 class SFTTask(LMTask):
@@ -38,14 +37,7 @@ class SFTTask(LMTask):
             sync_dist=True,  # with global_token_mean: the mean over ranks is the global mean
         )
         if split == "train":
-            self.tokens_seen += n_counted
-            self.log(
-                "train/tokens_seen",
-                cpu_scalar(self.tokens_seen),
-                on_step=True,
-                on_epoch=False,
-                batch_size=bs,
-            )
+            self.add_tokens_seen(n_counted, bs)
         else:
             self.val_perplexity.update(logits.float(), batch["targets"])
             self.log(
