@@ -112,9 +112,38 @@ def apply_malloc_policy(spec: dict[str, Any]) -> str:
     return policy
 
 
-class _StepTimer:
-    def __init__(self) -> None:
-        self.ends: list[float] = []
+def fit_timed(task: Any, max_steps: int, malloc_policy: str, **fit_kwargs: Any) -> list[float]:
+    """`max_steps` of tunelab's Lightning path on the CPU (GradClip and the allocator policy, as
+    in the default callbacks); returns the end time of every step."""
+    import lightning as L
+
+    from tunelab.callbacks.cpu_allocator import CPUAllocator
+    from tunelab.callbacks.grad_clip import GradClip
+
+    ends: list[float] = []
+
+    class Timer(L.Callback):
+        def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[GradClip(max_norm=1.0), CPUAllocator(malloc_policy), Timer()],
+    )
+    trainer.fit(task, **fit_kwargs)
+    task.trainer = None  # let the trainer (and its optimizer state) go: Lightning's objects
+    del trainer  # hold reference cycles, so only a collection frees them before the next
+    gc.collect()  # segment's peak is measured
+    return ends
 
 
 class TunelabSFT(SFTContender):
@@ -160,35 +189,9 @@ class TunelabSFT(SFTContender):
         return {"seconds": self.timed(ends), "step_ends": ends}
 
     def _lightning(self, index: int) -> list[float]:
-        import lightning as L
-
-        from tunelab.callbacks.cpu_allocator import CPUAllocator
-        from tunelab.callbacks.grad_clip import GradClip
-
-        timer = _StepTimer()
-
-        class Timer(L.Callback):
-            def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-                timer.ends.append(time.perf_counter())
-
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            precision="32-true",
-            max_steps=self.per_segment,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=[GradClip(max_norm=1.0), CPUAllocator(self.malloc_policy), Timer()],
+        return fit_timed(
+            self.task, self.per_segment, self.malloc_policy, train_dataloaders=self.loader(index)
         )
-        trainer.fit(self.task, train_dataloaders=self.loader(index))
-        self.task.trainer = None  # let the trainer (and its optimizer state) go: Lightning's
-        del trainer  # objects hold reference cycles, so only a collection frees them before
-        gc.collect()  # the next segment's peak is measured
-        return timer.ends
 
     def _plain(self, index: int) -> list[float]:
         from tunelab.tasks.base import next_token_loss

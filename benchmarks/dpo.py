@@ -9,7 +9,6 @@ one-off forward is timed and reported as `precompute_s`, and folded into an amor
 
 from __future__ import annotations
 
-import gc
 import json
 import tempfile
 import time
@@ -116,36 +115,13 @@ class TunelabDPO(DPOContender):
         self.n_pairs = len(self.examples)
 
     def segment(self, index: int, **_: Any) -> dict[str, Any]:
-        import lightning as L
-
-        from tunelab.callbacks.cpu_allocator import CPUAllocator
-        from tunelab.callbacks.grad_clip import GradClip
-
-        ends: list[float] = []
-
-        class Timer(L.Callback):
-            def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-                ends.append(time.perf_counter())
+        from benchmarks.contenders import fit_timed
 
         start = (index - self.first) * self.per_segment * self.spec["batch_size"]
         examples = self.examples[start : start + self.per_segment * self.spec["batch_size"]]
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            precision="32-true",
-            max_steps=self.per_segment,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=[GradClip(max_norm=1.0), CPUAllocator(self.malloc_policy), Timer()],
+        ends = fit_timed(
+            self.task, self.per_segment, self.malloc_policy, datamodule=self.Segment(examples)
         )
-        trainer.fit(self.task, datamodule=self.Segment(examples))
-        self.task.trainer = None  # let the trainer (and its optimizer state) go
-        del trainer
-        gc.collect()
         return {
             "seconds": self.timed(ends),
             "precompute_s": self.precompute_s,
