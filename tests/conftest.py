@@ -39,6 +39,24 @@ def toy_records() -> list[dict]:
     ]
 
 
+def quick_sft_overrides(toy_file: Path, *extra: str) -> list[str]:
+    """A short tiny-gpt2 SFT run on the toy records: all data for training, no validation,
+    checkpoints, progress bar or generated responses; `extra` adds or overrides keys."""
+    return [
+        "model=tiny-gpt2",
+        "trainer=cpu",
+        "data=instructions_file",
+        f"data.path={toy_file}",
+        "data.split=[1.0,0.0,0.0]",
+        "+trainer.limit_val_batches=0",
+        "+trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",
+        "~callbacks.responses",
+        "~callbacks.model_checkpoint",
+        *extra,
+    ]
+
+
 @pytest.fixture
 def toy_file(tmp_path: Path, toy_records: list[dict]) -> Path:
     path = tmp_path / "toy.json"

@@ -111,28 +111,19 @@ def test_datamodule_packs_the_same_examples_per_batch():
 
 
 def test_training_entry_point_gives_the_same_first_loss_packed_or_not(tmp_path, toy_file):
-    from tests.conftest import compose_train
+    from tests.conftest import compose_train, quick_sft_overrides
     from tunelab.train import train
 
     losses = {}
     for packing in (False, True):
         cfg = compose_train(
-            [
-                "model=tiny-gpt2",
-                "trainer=cpu",
-                "data=instructions_file",
-                f"data.path={toy_file}",
-                "data.split=[1.0,0.0,0.0]",
+            quick_sft_overrides(
+                toy_file,
                 "data.batch_size=8",
                 f"data.packing={str(packing).lower()}",
                 "trainer.max_steps=1",
-                "+trainer.limit_val_batches=0",
-                "+trainer.enable_progress_bar=false",
-                "~callbacks.progress_bar",
-                "~callbacks.responses",
-                "~callbacks.model_checkpoint",
                 "optimized_metric=train/loss_epoch",
-            ],
+            ),
             tmp_path / str(packing),
         )
         losses[packing] = train(cfg)

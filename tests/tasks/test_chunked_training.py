@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 import pytest
 
-from tests.conftest import compose_train
+from tests.conftest import compose_train, quick_sft_overrides
 from tunelab.models.tokenizer import gpt2_tokenizer
 from tunelab.train import train
 
@@ -14,23 +14,14 @@ def test_three_sft_steps_give_the_same_losses_with_and_without_chunking(tmp_path
     losses = {}
     for chunked in (False, True):
         cfg = compose_train(
-            [
-                "model=tiny-gpt2",
-                "trainer=cpu",
-                "data=instructions_file",
-                f"data.path={toy_file}",
-                "data.split=[1.0,0.0,0.0]",
+            quick_sft_overrides(
+                toy_file,
                 "data.batch_size=4",
                 "data.packing=true",
                 f"task.chunked_lm_loss={str(chunked).lower()}",
                 "trainer.max_steps=3",
-                "+trainer.limit_val_batches=0",
-                "+trainer.enable_progress_bar=false",
-                "~callbacks.progress_bar",
-                "~callbacks.responses",
-                "~callbacks.model_checkpoint",
                 "optimized_metric=train/loss_epoch",
-            ],
+            ),
             tmp_path / str(chunked),
         )
         losses[chunked] = train(cfg)
@@ -41,21 +32,12 @@ def test_three_sft_steps_give_the_same_losses_with_and_without_chunking(tmp_path
 def test_tokens_seen_counts_every_target_of_an_epoch(tmp_path, toy_file):
     # the count is taken on the host before the batch moves (no device sync); it must be exact
     cfg = compose_train(
-        [
-            "model=tiny-gpt2",
-            "trainer=cpu",
-            "data=instructions_file",
-            f"data.path={toy_file}",
-            "data.split=[1.0,0.0,0.0]",
+        quick_sft_overrides(
+            toy_file,
             "data.batch_size=3",
             "trainer.max_epochs=1",
-            "+trainer.limit_val_batches=0",
-            "+trainer.enable_progress_bar=false",
-            "~callbacks.progress_bar",
-            "~callbacks.responses",
-            "~callbacks.model_checkpoint",
             "optimized_metric=train/tokens_seen",
-        ],
+        ),
         tmp_path,
     )
     seen = train(cfg)
