@@ -158,6 +158,27 @@ def llama_to_tunelab(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, t
     return out
 
 
+def tunelab_to_llama(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """Inverse of `llama_to_tunelab`: HF Llama names, q/k/v split again (used by export)."""
+    out = {
+        "model.embed_tokens.weight": state["wte.weight"],
+        "model.norm.weight": state["norm_f.weight"],
+    }
+    sizes = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
+    for i in range(cfg.n_layer):
+        h, b = f"model.layers.{i}.", f"blocks.{i}."
+        out[h + "input_layernorm.weight"] = state[b + "norm1.weight"]
+        out[h + "post_attention_layernorm.weight"] = state[b + "norm2.weight"]
+        for p, w in zip("qkv", state[b + "attn.qkv.weight"].split(sizes, dim=0), strict=True):
+            out[h + f"self_attn.{p}_proj.weight"] = w
+        out[h + "self_attn.o_proj.weight"] = state[b + "attn.proj.weight"]
+        for p in ("gate", "up", "down"):
+            out[h + f"mlp.{p}_proj.weight"] = state[b + f"mlp.{p}.weight"]
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
 def load_state_strict(model: Decoder, state: dict[str, torch.Tensor], source: str) -> None:
     """Load weights, naming every missing/unexpected tensor and shape mismatch in one error."""
     expected = model.state_dict()
