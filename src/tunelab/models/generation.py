@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tunelab.models.decoder import Decoder, KVCache
@@ -17,7 +19,10 @@ def sample_next(
     """Pick next tokens from (B, V) logits. temperature 0 is greedy (argmax)."""
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    # Shift by the maximum and divide in float64: a tiny temperature (1e-300, below float32's
+    # range) gives -inf for every token but the best ones, never inf - inf = nan.
+    shifted = (logits - logits.amax(-1, keepdim=True)).double()
+    logits = (shifted / temperature).float()
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -41,13 +46,18 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    on_token: Callable[[int], bool | None] | None = None,
 ) -> list[list[int]]:
     """Generate continuations for a batch of prompts (token ids); returns only the new tokens.
 
     Prompts are left-padded; a row stops at its first stop id (not included) or max_new_tokens.
+    on_token (one prompt only): called with each new token as soon as it is sampled (never the
+    stop id); returning True stops generation after that token (streaming, cancelled requests).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs non-empty prompts")
+    if on_token is not None and len(prompts) != 1:
+        raise ValueError(f"generate: on_token streams one prompt, got {len(prompts)}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -77,6 +87,8 @@ def generate(
         for i in range(B):
             if not done[i]:
                 out[i].append(int(tok[i]))
+        if on_token is not None and not bool(done[0]) and on_token(out[0][-1]):
+            break
         if bool(done.all()) or cache.length >= cache.max_len:
             break
         logits = model(
