@@ -1,8 +1,12 @@
 """Decoder hyperparameters and the named preset registry.
 
-One `Config` describes every supported family. The GPT-2 family uses learned positions,
-LayerNorm, a GELU MLP and biases; the Llama family uses rotary embeddings, RMSNorm, a SwiGLU MLP,
-grouped-query attention and no biases. Presets only fix the shape: weights come from a loader.
+One `Config` describes every supported family. `family` picks the layout of the weights: GPT-2
+(learned positions, LayerNorm, GELU MLP with fc/proj, biases) or Llama-style (rotary embeddings,
+RMSNorm, gated MLP, grouped-query attention). Every other trait a family needs is its own field,
+read from the checkpoint's own config (loaders/hf_config.py), never guessed from a model's name:
+attention biases, q/k norms, RoPE scaling, sliding windows per layer, norm placement and form,
+embedding scale, MLP activation, final-logit softcapping. Presets only fix the shape: weights come
+from a loader.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Family = Literal["gpt2", "llama"]
+QKNorm = Literal["none", "head", "full"]
+ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 
 
 @dataclass
@@ -29,6 +35,38 @@ class Config:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     tie_embeddings: bool = True
+    # Attention. None: the family's default (GPT-2: biases everywhere; Llama: none).
+    qkv_bias: bool | None = None  # bias on the q/k/v projections (Qwen2: yes; its o_proj: no)
+    attn_out_bias: bool | None = None  # bias on the attention output projection
+    mlp_bias: bool | None = None  # biases of the MLP linears
+    qk_norm: QKNorm = (
+        "none"  # RMSNorm of q and k: per head (Qwen3, Gemma 3) / whole projection (OLMo 2)
+    )
+    attn_scale: float | None = (
+        None  # softmax scale; None: head_dim ** -0.5 (Gemma 3: scalar ** -0.5)
+    )
+    sliding_window: int | None = (
+        None  # a query sees its last `sliding_window` keys (itself included)
+    )
+    sliding_window_layers: list[int] | None = None  # layers with the window; None: all layers
+    # Rotary embeddings.
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": linear|llama3|yarn|longrope, ...}
+    rope_local_base: float | None = None  # plain RoPE base of the sliding-window layers (Gemma 3)
+    rotary_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates (Phi-3)
+    # Norms. None: the family's default (GPT-2: LayerNorm; Llama: RMSNorm).
+    norm_type: Literal["layernorm", "rmsnorm"] | None = None
+    norm_unit_offset: bool = False  # RMSNorm scales by (1 + w) (Gemma)
+    norm_scale_fp32: bool = (
+        False  # RMSNorm multiplies by its weight before casting back (Gemma, OLMo 2)
+    )
+    pre_norm: bool = True  # norm before attention and before the MLP (all but OLMo 2)
+    post_attn_norm: bool = False  # norm of the attention output before the residual add
+    post_mlp_norm: bool = False  # norm of the MLP output before the residual add
+    # MLP: GPT-2 is fc -> act -> proj; Llama-style is down(act(gate(x)) * up(x)).
+    mlp_activation: Literal["gelu_tanh", "gelu", "silu"] | None = None  # None: family default
+    # Embeddings and head.
+    embedding_scale: float | None = None  # token embeddings multiplied by it (Gemma: sqrt(n_embd))
+    final_logit_softcapping: float | None = None  # logits = c * tanh(logits / c)
     dropout: float = 0.0
     tokenizer: str = "gpt2"  # tokenizer id used when the model is built from its preset alone
     extra: dict[str, Any] = field(default_factory=dict)
@@ -48,15 +86,55 @@ class Config:
             raise ValueError(
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
             )
+        gpt2 = self.family == "gpt2"
+        for name in ("qkv_bias", "attn_out_bias", "mlp_bias"):
+            if getattr(self, name) is None:
+                setattr(self, name, gpt2)
+        if self.norm_type is None:
+            self.norm_type = "layernorm" if gpt2 else "rmsnorm"
+        if self.mlp_activation is None:
+            self.mlp_activation = "gelu_tanh" if gpt2 else "silu"
+        if self.qk_norm not in ("none", "head", "full"):
+            raise ValueError(f"qk_norm must be 'none', 'head' or 'full', got {self.qk_norm!r}")
+        if self.mlp_activation not in ("gelu_tanh", "gelu", "silu"):
+            raise ValueError(f"unknown mlp_activation {self.mlp_activation!r}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type")
+            if kind not in ROPE_TYPES:
+                raise ValueError(f"rope_scaling type {kind!r} is not one of {ROPE_TYPES}")
+        if gpt2 and (self.rope_scaling or self.sliding_window or self.qk_norm != "none"):
+            raise ValueError("GPT-2-family models have learned positions and no q/k norm")
+        if not 0 < self.rotary_fraction <= 1 or int(self.head_dim * self.rotary_fraction) % 2:
+            raise ValueError(
+                f"rotary_fraction={self.rotary_fraction} of head_dim={self.head_dim} must give an "
+                "even number of rotated dimensions"
+            )
 
     # Family traits: derived, so a config can never mix them inconsistently.
     @property
     def bias(self) -> bool:
-        return self.family == "gpt2"
+        """Bias on the fused q/k/v projection (kept for callers written before the split)."""
+        return bool(self.qkv_bias)
 
     @property
     def uses_rope(self) -> bool:
         return self.family == "llama"
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
+
+    def layer_window(self, index: int) -> int | None:
+        """The sliding window of layer `index` (None: full causal attention)."""
+        if self.sliding_window is None:
+            return None
+        if self.sliding_window_layers is None or index in self.sliding_window_layers:
+            return self.sliding_window
+        return None
+
+    def layer_is_local(self, index: int) -> bool:
+        """Whether layer `index` uses the local RoPE base (Gemma 3's sliding-window layers)."""
+        return self.rope_local_base is not None and self.layer_window(index) is not None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,8 +1,11 @@
-"""One decoder-only transformer class for the GPT-2 and Llama families.
+"""One decoder-only transformer class for every supported family.
 
-The family in `Config` picks the parts: learned positions + LayerNorm + GELU MLP + biases (GPT-2)
-or rotary embeddings + RMSNorm + SwiGLU MLP + grouped-query attention (Llama). Attention goes
-through `scaled_dot_product_attention`. The module is plain PyTorch, usable without Lightning.
+The family in `Config` picks the layout: learned positions + LayerNorm + GELU MLP + biases (GPT-2)
+or rotary embeddings + RMSNorm + gated MLP + grouped-query attention (Llama-style). The other
+traits are `Config` fields: attention biases, q/k norms, RoPE scaling and a local RoPE base,
+sliding windows per layer, pre/post norms, (1 + w) RMSNorm, embedding scale, final-logit
+softcapping. Attention goes through `scaled_dot_product_attention`. The module is plain PyTorch,
+usable without Lightning.
 
 Packed rows are supported: pass `positions` (per-example positions) and `doc_ids` (which example
 each token belongs to) and attention becomes block-diagonal causal: a boolean mask for SDPA, or on
@@ -25,6 +28,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.models.config import Config
+from tunelab.models.layers import MLP, RMSNorm, make_norm
+from tunelab.models.rope import apply_rope, rope_tables, uses_long_factors
+
+__all__ = ["MLP", "RMSNorm", "Attention", "Block", "Decoder", "KVCache", "make_norm"]
 
 try:  # FlashAttention over packed variable-length sequences (PyTorch >= 2.9, CUDA, bf16/fp16)
     from torch.nn.attention.varlen import varlen_attn
@@ -41,42 +48,9 @@ MASKED_SDPA_BACKENDS: list[SDPBackend] | None = [
 ]
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def make_norm(cfg: Config) -> nn.Module:
-    if cfg.family == "llama":
-        return RMSNorm(cfg.n_embd, cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
-
-
 def rope_cache(cfg: Config, length: int, device: torch.device | None = None):
-    """cos/sin tables of shape (length, head_dim) in HF Llama's half-rotation layout."""
-    half = cfg.head_dim // 2
-    inv_freq = 1.0 / (
-        cfg.rope_base ** (torch.arange(0, half, dtype=torch.float32, device=device) / half)
-    )
-    t = torch.arange(length, dtype=torch.float32, device=device)
-    freqs = torch.outer(t, inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, D); cos/sin: (B, 1, T, D)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """cos/sin tables of shape (length, rotary_dim) of the global layers (see models/rope.py)."""
+    return rope_tables(cfg, length, device)
 
 
 class KVCache:
@@ -124,8 +98,14 @@ def packed_spans(doc_ids: torch.Tensor) -> PackedSpans:
     return PackedSpans(cu, int((cu[1:] - cu[:-1]).max()))
 
 
-def _varlen_causal(q, k, v, spans: PackedSpans) -> torch.Tensor:
-    """Causal varlen attention on (N, H, D) tensors; PyTorch 2.9/2.10 spell causal differently."""
+def _varlen_causal(
+    q, k, v, spans: PackedSpans, window: int | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Causal varlen attention on (N, H, D) tensors; PyTorch 2.9/2.10 spell causal differently.
+
+    window: a query sees its last `window` keys, itself included (flash's left bound window - 1).
+    """
+    extra = {} if scale is None else {"scale": scale}
     if "window_size" in _VARLEN_PARAMS:
         return varlen_attn(
             q,
@@ -135,10 +115,19 @@ def _varlen_causal(q, k, v, spans: PackedSpans) -> torch.Tensor:
             spans.cu_seqlens,
             spans.max_len,
             spans.max_len,
-            window_size=(-1, 0),
+            window_size=(-1 if window is None else window - 1, 0),
+            **extra,
         )
     return varlen_attn(
-        q, k, v, spans.cu_seqlens, spans.cu_seqlens, spans.max_len, spans.max_len, is_causal=True
+        q,
+        k,
+        v,
+        spans.cu_seqlens,
+        spans.cu_seqlens,
+        spans.max_len,
+        spans.max_len,
+        is_causal=True,
+        **extra,
     )
 
 
@@ -146,14 +135,22 @@ _VARLEN_PARAMS = set(inspect.signature(varlen_attn).parameters) if varlen_attn e
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, index: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         qkv_out = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, qkv_out, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, qkv_out, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.attn_out_bias)
         self.dropout = cfg.dropout
+        self.window = cfg.layer_window(index)
+        self.scale = cfg.attn_scale
+        if cfg.qk_norm == "head":  # one RMSNorm over head_dim, shared by all heads (Qwen3, Gemma 3)
+            self.q_norm = make_norm(cfg, cfg.head_dim)
+            self.k_norm = make_norm(cfg, cfg.head_dim)
+        elif cfg.qk_norm == "full":  # over the whole q and k projections (OLMo 2)
+            self.q_norm = make_norm(cfg, cfg.n_head * cfg.head_dim)
+            self.k_norm = make_norm(cfg, cfg.n_kv_head * cfg.head_dim)
 
     def forward(self, x, rope, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -165,8 +162,13 @@ class Attention(nn.Module):
             ],
             dim=-1,
         )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.cfg.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)
+        if self.cfg.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -178,7 +180,10 @@ class Attention(nn.Module):
             v = v.repeat_interleave(rep, dim=1)
         if isinstance(mask, PackedSpans):
             y = _varlen_causal(
-                *(t.transpose(1, 2).reshape(B * T, -1, self.head_dim) for t in (q, k, v)), mask
+                *(t.transpose(1, 2).reshape(B * T, -1, self.head_dim) for t in (q, k, v)),
+                mask,
+                self.window,
+                self.scale,
             )
             return self.proj(y.reshape(B, T, self.n_head * self.head_dim))
         backends = MASKED_SDPA_BACKENDS if mask is not None and q.is_cuda else None
@@ -190,41 +195,32 @@ class Attention(nn.Module):
                 attn_mask=mask,
                 is_causal=mask is None and T > 1,
                 dropout_p=self.dropout if self.training else 0.0,
+                scale=self.scale,
             )
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: Config) -> None:
-        super().__init__()
-        self.swiglu = cfg.family == "llama"
-        if self.swiglu:
-            self.gate = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
-            self.up = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
-            self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
-        else:
-            self.fc = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=True)
-            self.proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
-
-
 class Block(nn.Module):
+    """Residual block: x + post(attn(pre(x))), then x + post(mlp(pre(x))); pre/post per Config."""
+
     def __init__(self, cfg: Config, index: int) -> None:
         super().__init__()
         self.index = index
-        self.norm1 = make_norm(cfg)
-        self.attn = Attention(cfg)
-        self.norm2 = make_norm(cfg)
+        self.window = cfg.layer_window(index)
+        self.local_rope = cfg.layer_is_local(index)
+        # Absent norms are identities (no parameters): OLMo 2 has no pre-norms, Gemma 3 has all four.
+        self.norm1 = make_norm(cfg) if cfg.pre_norm else nn.Identity()
+        self.attn = Attention(cfg, index)
+        self.post_attn_norm = make_norm(cfg) if cfg.post_attn_norm else nn.Identity()
+        self.norm2 = make_norm(cfg) if cfg.pre_norm else nn.Identity()
         self.mlp = MLP(cfg)
+        self.post_mlp_norm = make_norm(cfg) if cfg.post_mlp_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope=None, mask=None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, self.index))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        h = self.post_attn_norm(self.attn(self.norm1(x), rope, mask, cache, self.index))
+        x = x + self.drop(h)
+        return x + self.drop(self.post_mlp_norm(self.mlp(self.norm2(x))))
 
 
 class Decoder(nn.Module):
@@ -241,7 +237,8 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        # RoPE tables per kind (global / local layers, LongRoPE's short / long factors).
+        self._rope: dict[tuple[bool, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         # Keep only each block's input in training and recompute the block in the backward pass:
         # activation memory of one block instead of all, for one more forward of compute.
         self.activation_checkpointing = False
@@ -258,8 +255,8 @@ class Decoder(nn.Module):
                     else 1.0
                 )
                 nn.init.normal_(p, mean=0.0, std=std * scale)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
+            elif name.endswith("bias") or self.cfg.norm_unit_offset:
+                nn.init.zeros_(p)  # biases; (1 + w) norm weights start at the identity too
             else:  # norm weights
                 nn.init.ones_(p)
 
@@ -267,23 +264,32 @@ class Decoder(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _rope_for(self, positions: torch.Tensor):
+    def _rope_for(self, positions: torch.Tensor, local: bool = False):
         need = int(positions.max()) + 1 if positions.numel() else 1
-        if (
-            self._rope is None
-            or self._rope[0].shape[0] < need
-            or self._rope[0].device != positions.device
-        ):
+        key = (local, not local and uses_long_factors(self.cfg, need))
+        table = self._rope.get(key)
+        if table is None or table[0].shape[0] < need or table[0].device != positions.device:
             length = max(need, min(self.cfg.context_length, 4096))
-            self._rope = rope_cache(self.cfg, length, positions.device)
-        cos, sin = self._rope
+            table = rope_tables(self.cfg, length, positions.device, local, seq_len=need)
+            self._rope[key] = table
+        cos, sin = table
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.wte(input_ids)
+        if self.cfg.embedding_scale is not None:  # in the weights' dtype, as Gemma does
+            x = x * torch.tensor(self.cfg.embedding_scale, dtype=x.dtype)
         if self.wpe is not None:
             x = x + self.wpe(positions)
         return self.drop(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on final hidden states, with the config's final-logit softcapping."""
+        logits = self.lm_head(hidden)
+        cap = self.cfg.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def forward(
         self,
@@ -293,10 +299,8 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for `input_ids` (B, T): `lm_head(hidden_states(...))`."""
-        return self.lm_head(
-            self.hidden_states(input_ids, positions, doc_ids, cache, attention_mask)
-        )
+        """Logits (B, T, vocab) for `input_ids` (B, T): `logits(hidden_states(...))`."""
+        return self.logits(self.hidden_states(input_ids, positions, doc_ids, cache, attention_mask))
 
     def hidden_states(
         self,
@@ -323,14 +327,23 @@ class Decoder(nn.Module):
             raise ValueError(
                 f"sequence of {T + start} tokens exceeds context_length {self.cfg.context_length}"
             )
+        windows = {block.window for block in self.blocks}
         if self._use_varlen(input_ids, doc_ids, cache, attention_mask):
-            mask = packed_spans(doc_ids)
+            spans = packed_spans(doc_ids)
+            masks = dict.fromkeys(windows, spans)
         else:
-            mask = self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device)
-        rope = self._rope_for(positions) if self.cfg.uses_rope else None
+            masks = {
+                w: self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device, w)
+                for w in windows
+            }
+        ropes = {}
+        if self.cfg.uses_rope:
+            for local in {block.local_rope for block in self.blocks}:
+                ropes[local] = self._rope_for(positions, local)
         x = self.embed(input_ids, positions)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
+            rope, mask = ropes.get(block.local_rope), masks[block.window]
             if recompute and cache is None:
                 x = checkpoint(block, x, rope, mask, None, use_reentrant=False)
             else:
@@ -346,20 +359,35 @@ class Decoder(nn.Module):
             return False
         if self.training and self.cfg.dropout > 0:  # the varlen kernel has no attention dropout
             return False
+        windowed = any(block.window is not None for block in self.blocks)
+        if (windowed and "window_size" not in _VARLEN_PARAMS) or (
+            self.cfg.attn_scale is not None and "scale" not in _VARLEN_PARAMS
+        ):
+            return False
         half = (torch.float16, torch.bfloat16)
         if torch.is_autocast_enabled("cuda"):
             return torch.get_autocast_dtype("cuda") in half
         return self.wte.weight.dtype in half
 
     @staticmethod
-    def _mask(B, T, doc_ids, cache, attention_mask, device) -> torch.Tensor | None:
-        if cache is None and doc_ids is None and attention_mask is None:
+    def _mask(
+        B, T, doc_ids, cache, attention_mask, device, window: int | None = None
+    ) -> torch.Tensor | None:
+        """Boolean (B, 1, T, keys) mask, or None for SDPA's plain causal path.
+
+        window: a query also sees only its last `window` keys (itself included), counted in
+        cache slots as transformers does (left padding takes slots too).
+        """
+        if cache is None and doc_ids is None and attention_mask is None and window is None:
             return None  # plain causal: SDPA's fast is_causal path
         start = cache.length if cache is not None else 0
         total = start + T
         q_pos = torch.arange(start, total, device=device)
         k_pos = torch.arange(total, device=device)
-        mask = (k_pos[None, :] <= q_pos[:, None]).expand(B, 1, T, total)
+        visible = k_pos[None, :] <= q_pos[:, None]
+        if window is not None:
+            visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
+        mask = visible.expand(B, 1, T, total)
         if doc_ids is not None:
             mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
         if cache is not None:
