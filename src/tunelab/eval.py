@@ -7,6 +7,8 @@ mode=single (default): answer the test split with a checkpoint (or take an exist
   unless `data=...` is given on the command line or `data_from_run=false`.
 mode=pairwise: `responses_a=... responses_b=...` (e.g. base vs fine-tuned) judged in both
   position orders; writes pairwise.json and metrics.json (wins/ties/losses for run a).
+mode=choice: multiple choice by log-likelihood on `data=mc_*` (choice.json); see
+  tunelab.evaluation.
 """
 
 from __future__ import annotations
@@ -181,6 +183,13 @@ def evaluate_pairwise(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     return metrics
 
 
+def _evaluation_modes() -> dict[str, Any]:
+    """Modes whose logic lives in tunelab.evaluation (multiple choice, harness, reward)."""
+    from tunelab.evaluation import entry
+
+    return {"choice": entry.run_choice}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run one evaluation; returns the metrics also written to metrics.json."""
     from tunelab.judge.evaluate import write_json
@@ -191,13 +200,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     save_and_print_config(cfg, output_dir, print_tree=cfg.extras.get("print_config", True))
     L.seed_everything(cfg.seed, workers=True)
     mode = cfg.get("mode", "single")
-    if mode not in ("single", "pairwise"):
-        raise ValueError(f"mode: expected 'single' or 'pairwise', got {mode!r}")
+    modes = {"single": evaluate_single, "pairwise": evaluate_pairwise, **_evaluation_modes()}
+    if mode not in modes:
+        raise ValueError(f"mode: expected one of {', '.join(modes)}, got {mode!r}")
     try:
-        if mode == "single":
-            metrics = evaluate_single(cfg, output_dir)
-        else:
-            metrics = evaluate_pairwise(cfg, output_dir)
+        metrics = modes[mode](cfg, output_dir)
     finally:
         _finish_wandb()
     write_json(output_dir / "metrics.json", dict(sorted(metrics.items())))
