@@ -17,6 +17,7 @@ CONF = conf_dir()
 GROUPS = [
     "task",
     "model",
+    "lora",
     "data",
     "prompt",
     "optimizer",

@@ -33,6 +33,7 @@ def load_pretrained(
     dropout: float | None = None,
     seed: int | None = None,
     context_length: int | None = None,
+    lora: dict | None = None,
 ) -> LoadedModel:
     """Load a model and its tokenizer.
 
@@ -40,6 +41,8 @@ def load_pretrained(
     folder, a `.gguf` file, or a tunelab checkpoint (`.ckpt` file or run folder). GPT-2 presets
     have no weights offline, so they start from GPT-2's random initialisation (logged).
     prompt_style: override the style saved with the checkpoint / the model's default.
+    lora: LoRA settings (rank, alpha, dropout, targets; `tunelab.models.lora.LoRAConfig`): the
+    model is frozen and gets adapters. A LoRA checkpoint as source is merged first.
     """
     from tunelab.models.loaders.checkpoint import load_tunelab_checkpoint
 
@@ -55,7 +58,7 @@ def load_pretrained(
                 torch.manual_seed(seed)
             cfg = Config.from_preset(source)
             model = Decoder(cfg)
-            tokenizer = tokenizer_by_name(cfg.tokenizer)
+            tokenizer = preset_tokenizer(cfg.tokenizer)
             log.warning(
                 "model %s: preset shape with random initialisation (no weights given)", source
             )
@@ -81,8 +84,26 @@ def load_pretrained(
         _set_dropout(model, dropout)
     if context_length is not None:
         model.cfg.context_length = min(model.cfg.context_length, context_length)
+    if lora is not None:
+        from tunelab.models.lora import apply_lora, has_lora, merge_lora
+
+        if has_lora(model):
+            merge_lora(model)
+        base = {"source": source if source in PRESETS else str(path.resolve()), "seed": seed}
+        if context_length is not None:
+            base["context_length"] = context_length
+        apply_lora(model, lora, base=base)
     style = prompt_style or style or DEFAULT_STYLES.get(tokenizer.name, "alpaca")
     return LoadedModel(model, tokenizer, style, str(source))
+
+
+def preset_tokenizer(name: str) -> Tokenizer:
+    """Tokenizer for a preset's `tokenizer` id: `gpt2`, or `smollm2` (from its GGUF)."""
+    if name == "smollm2":
+        from tunelab.models.loaders.gguf import smollm2_gguf_path, tokenizer_from_gguf
+
+        return tokenizer_from_gguf(smollm2_gguf_path())
+    return tokenizer_by_name(name)
 
 
 def _hf_folder_tokenizer(path: Path, cfg: Config) -> Tokenizer:

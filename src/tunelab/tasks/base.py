@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,6 +20,13 @@ from tunelab.losses import (
 )
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
+from tunelab.models.lora import (
+    check_chunked_head,
+    has_lora,
+    is_lora_key,
+    lm_head_weight,
+)
+from tunelab.models.lora_io import save_peft_adapter
 from tunelab.models.tokenizer import Tokenizer
 from tunelab.utils.scalars import cpu_scalar, log_step_value
 
@@ -43,9 +51,9 @@ def next_token_loss(
     model: Decoder, batch: dict[str, torch.Tensor], chunked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL over the batch's counted targets, their number); chunked: no full logits."""
-    if chunked:
+    if chunked and model.cfg.final_logit_softcapping is None:  # softcap: full logits
         hidden = model.hidden_states(batch["input_ids"], **_forward_kwargs(batch))
-        return linear_cross_entropy(hidden, model.lm_head.weight, batch["targets"])
+        return linear_cross_entropy(hidden, lm_head_weight(model), batch["targets"])
     return masked_cross_entropy(
         model(batch["input_ids"], **_forward_kwargs(batch)), batch["targets"]
     )
@@ -55,9 +63,9 @@ def batch_target_logprobs(
     model: Decoder, batch: dict[str, torch.Tensor], chunked: bool = True
 ) -> torch.Tensor:
     """(B, T) log p(target) of the batch's rows, 0 at ignored targets; chunked: no full logits."""
-    if chunked:
+    if chunked and model.cfg.final_logit_softcapping is None:  # softcap: full logits
         hidden = model.hidden_states(batch["input_ids"], **_forward_kwargs(batch))
-        return linear_target_logprobs(hidden, model.lm_head.weight, batch["targets"])
+        return linear_target_logprobs(hidden, lm_head_weight(model), batch["targets"])
     return target_logprobs(model(batch["input_ids"], **_forward_kwargs(batch)), batch["targets"])
 
 
@@ -87,6 +95,7 @@ class LMTask(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
         self.chunked_lm_loss = chunked_lm_loss
+        check_chunked_head(model, chunked_lm_loss)
         model.activation_checkpointing = activation_checkpointing
 
     @property
@@ -195,7 +204,53 @@ class LMTask(L.LightningModule):
         checkpoint["tunelab"] = checkpoint_metadata(self.model, self.tokenizer, self.prompt_style)
         checkpoint["tunelab"]["tokens_seen"] = self.tokens_seen
         checkpoint["tunelab"]["skipped_batches"] = self.skipped_batches
+        if has_lora(self.model):  # adapters only: the frozen base is loaded from its source
+            checkpoint["tunelab"]["lora"] = self.model.lora_meta
+            checkpoint["state_dict"] = {
+                k: v
+                for k, v in checkpoint["state_dict"].items()
+                if not k.startswith("model.") or is_lora_key(k)
+            }
+
+    def on_train_end(self) -> None:
+        # A LoRA run also leaves its final adapters in PEFT's format, for transformers + peft.
+        if has_lora(self.model) and self.trainer.is_global_zero:
+            folder = Path(self.trainer.default_root_dir) / "checkpoints" / "peft_adapter"
+            try:
+                save_peft_adapter(self.model, folder)
+                log.info("final LoRA adapters in PEFT format: %s", folder)
+            except ValueError as e:  # a family without a Hugging Face name map
+                log.warning("no PEFT copy of the adapters: %s", e)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restore_lora_base(checkpoint)
         self.tokens_seen = int(checkpoint.get("tunelab", {}).get("tokens_seen", 0))
         self.skipped_batches = int(checkpoint.get("tunelab", {}).get("skipped_batches", 0))
+
+    def _restore_lora_base(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a LoRA run: check the checkpoint's adapters belong to this model and base,
+        then complete its state dict with the (frozen, unchanged) base weights."""
+        lora = checkpoint.get("tunelab", {}).get("lora")
+        if not lora and not has_lora(self.model):
+            return
+        if not lora or not has_lora(self.model):
+            have, need = ("LoRA", "full-model") if has_lora(self.model) else ("full", "LoRA")
+            raise ValueError(
+                f"cannot resume: the checkpoint is a {need} checkpoint but this run trains a "
+                f"{have} model (set model.lora as in the checkpoint's run)"
+            )
+        meta = self.model.lora_meta
+        if lora["config"] != meta["config"]:
+            raise ValueError(
+                f"cannot resume: checkpoint LoRA config {lora['config']} differs from this run's "
+                f"model.lora {meta['config']}"
+            )
+        if lora["base"].get("sha256") != meta["base"].get("sha256"):
+            raise ValueError(
+                "cannot resume: the checkpoint's LoRA adapters were trained on another base model "
+                f"than {meta['base'].get('source')!r} (sha256 mismatch)"
+            )
+        state = checkpoint["state_dict"]
+        for k, v in self.state_dict().items():
+            if k.startswith("model.") and not is_lora_key(k):
+                state.setdefault(k, v)

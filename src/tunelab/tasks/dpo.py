@@ -11,6 +11,9 @@ completion tokens, then `tunelab.losses.dpo_loss`. The reference log-probs come 
 - `reference: frozen`: a frozen copy of the starting model (no grad, eval mode) run beside the
   policy on every batch. It is kept outside the module's children so it is neither trained, nor
   switched to train mode, nor saved in checkpoints.
+- `reference: adapters_off` (LoRA runs, `model.lora`): the same model with its adapters switched
+  off (no grad, eval mode) on every batch: the frozen base is the starting model, so no second
+  copy and no precomputation.
 
 Both are taken in `setup()`, which Lightning calls before it restores a checkpoint, so the
 reference is the model the run started from even when resuming.
@@ -33,10 +36,11 @@ from tunelab.losses import dpo_loss, sum_by_segment
 from tunelab.losses.dpo import check_dpo_args
 from tunelab.losses.lm import IGNORE_INDEX
 from tunelab.models.decoder import Decoder
+from tunelab.models.lora import adapters_disabled, has_lora
 from tunelab.tasks.base import LMTask, batch_target_logprobs
 
 log = logging.getLogger(__name__)
-REFERENCE_MODES = ("precomputed", "frozen")
+REFERENCE_MODES = ("precomputed", "frozen", "adapters_off")
 
 
 def concatenated_logps(
@@ -122,6 +126,10 @@ class DPOTask(LMTask):
                 f"task.reference: expected one of {', '.join(REFERENCE_MODES)}, got {reference!r}"
             )
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        if reference == "adapters_off" and not has_lora(self.model):
+            raise ValueError(
+                "task.reference=adapters_off needs a LoRA model (model.lora, e.g. lora=default)"
+            )
         self.reference = reference
         # IPO is defined on per-token average log-probs (as TRL does); the others on sums.
         self.average_logps = loss_type == "ipo" if average_logps is None else bool(average_logps)
@@ -138,6 +146,8 @@ class DPOTask(LMTask):
 
     # -- reference --------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.reference == "adapters_off":
+            return
         if self.reference == "frozen":
             if self._ref_model is None:
                 ref = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -242,6 +252,8 @@ class DPOTask(LMTask):
         logps, counts = concatenated_logps(self.model, batch, self.use_chunked_lm_loss)
         if "ref_chosen_logps" in batch:
             ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(logps)
+        elif self.reference == "adapters_off":
+            ref = self.adapters_off_logps(batch)
         elif self._ref_model is not None:
             if next(self._ref_model.parameters()).device != logps.device:
                 self._ref_model.to(logps.device)
@@ -271,6 +283,18 @@ class DPOTask(LMTask):
         }
         self._completion_tokens = self.counted_targets(batch, counts.sum())
         return losses.mean(), metrics
+
+    @torch.no_grad()
+    def adapters_off_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference's summed log-probs: this model, adapters off, in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with adapters_disabled(self.model):
+                ref, _ = concatenated_logps(self.model, batch, self.use_chunked_lm_loss)
+        finally:
+            self.model.train(was_training)
+        return ref
 
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch)

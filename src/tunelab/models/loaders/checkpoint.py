@@ -1,5 +1,9 @@
 """tunelab checkpoints: Lightning `.ckpt` files carrying model config, tokenizer and prompt style.
 
+A LoRA run's checkpoints hold only the adapters (`tunelab.lora` metadata: LoRA config, base source
+and hash); `load_tunelab_checkpoint` then loads the base and puts the adapters on it
+(`tunelab.models.lora_io`).
+
 A task writes `checkpoint["tunelab"] = {"model_config", "tokenizer", "prompt_style"}` and the model
 weights under `state_dict` with the `model.` prefix. Only `torch.load(weights_only=True)` is used,
 so a checkpoint that carries code is refused.
@@ -53,6 +57,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_tunelab_checkpoint(path: str | Path) -> tuple[Decoder, Tokenizer, str]:
     ckpt = read_checkpoint(path)
     meta = ckpt["tunelab"]
+    if meta.get("lora"):  # adapters only: the base is loaded from its source, then the adapters
+        from tunelab.models.lora_io import load_lora_checkpoint
+
+        return load_lora_checkpoint(ckpt, str(resolve_ckpt_path(path)))
     cfg = Config.from_dict(meta["model_config"])
     model = Decoder(cfg)
     prefix = "model."
