@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         style_name = opts["style"] or loaded.prompt_style
         tok = loaded.tokenizer
         if style_name == "raw":
-            texts, stop_strings = prompts, ()
+            prompt_ids, stop_strings = [tok.encode(t) for t in prompts], ()
         else:
-            style = get_style(style_name)
-            texts = [style.prompt(Record(instruction=p, system=opts["system"])) for p in prompts]
+            style = get_style(style_name, tok)
+            records = [Record(instruction=p, system=opts["system"]) for p in prompts]
+            prompt_ids = [style.encode_prompt(r, tok) for r in records]
             stop_strings = style.stop_strings
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     outs = generate(
         loaded.model,
-        [tok.encode(t) for t in texts],
+        prompt_ids,
         max_new_tokens=int(opts["max_new_tokens"]),
         stop_ids=sorted(set(tok.stop_ids) | {tok.eos_id}),
         temperature=float(opts["temperature"]),

@@ -209,7 +209,7 @@ def run(argv: Sequence[str], console: Console | None = None) -> LensResult:
         from tunelab.data.records import Record
 
         name = loaded.prompt_style if opts["style"] == "model" else opts["style"]
-        text = get_style(name).prompt(Record(instruction=text))
+        text = get_style(name, tokenizer).prompt(Record(instruction=text))
     result = logit_lens(
         model,
         tokenizer,

@@ -119,7 +119,7 @@ class ChatModel:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
-        self.style = get_style(loaded.prompt_style)
+        self.style = get_style(loaded.prompt_style, loaded.tokenizer)
         self.lock = threading.Lock()
         loaded.model.eval()
 
@@ -135,7 +135,7 @@ class ChatModel:
     ) -> Completion:
         tok = self.loaded.tokenizer
         record = messages_to_record(messages)
-        ids = tok.encode(self.style.prompt(record))
+        ids = self.style.encode_prompt(record, tok)  # message text never becomes special tokens
         context = self.loaded.model.cfg.context_length
         if len(ids) >= context:
             raise RequestError(

@@ -403,7 +403,7 @@ class LogitLens(L.Callback):
         from tunelab.data.prompts import get_style
         from tunelab.data.records import Record
 
-        style = get_style(pl_module.prompt_style)
+        style = get_style(pl_module.prompt_style, getattr(pl_module, "tokenizer", None))
         return [style.prompt(Record(instruction=p)) for p in self.prompts]
 
     def probe(

@@ -27,9 +27,9 @@ def answer_records(
     batch_size: int = 8,
 ) -> list[str]:
     """Greedy answers (KV cache), stopping at end-of-text, the style's stop strings, or the limit."""
-    style = get_style(style_name)
+    style = get_style(style_name, tokenizer)
     stop_ids = set(tokenizer.stop_ids) | {tokenizer.eos_id}
-    prompts = [tokenizer.encode(style.prompt(r)) for r in records]
+    prompts = [style.encode_prompt(r, tokenizer) for r in records]
     # Batch prompts of similar length together: less left padding, same answers.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)

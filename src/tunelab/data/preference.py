@@ -202,7 +202,7 @@ class PairExample:
 
 def completion_ids(text: str, style: PromptStyle, tokenizer: Tokenizer) -> list[int]:
     """The answer, the style's end-of-turn suffix and exactly one end-of-text token."""
-    ids = tokenizer.encode(text + style.answer_suffix)
+    ids = style.encode_answer(text, tokenizer)  # answer text never becomes special tokens
     if ids and ids[-1] == tokenizer.eos_id:
         ids = ids[:-1]
     return ids + [tokenizer.eos_id]
@@ -217,7 +217,7 @@ def encode_pair(
     index: int = 0,
 ) -> PairExample:
     """Tokenise and truncate: the prompt keeps its end, the completions keep their start."""
-    prompt = tokenizer.encode(style.prompt(pair.record))
+    prompt = style.encode_prompt(pair.record, tokenizer)
     chosen = completion_ids(pair.chosen, style, tokenizer)
     rejected = completion_ids(pair.rejected, style, tokenizer)
     truncated = {"prompt": len(prompt) > max_prompt_length}
@@ -379,7 +379,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self, tokenizer: Tokenizer, prompt_style: str | PromptStyle, max_length: int | None = None
     ) -> None:
         self.tokenizer = tokenizer
-        self.style = get_style(prompt_style) if isinstance(prompt_style, str) else prompt_style
+        self.style = get_style(prompt_style, tokenizer)
         if max_length is not None:
             self.max_length = min(self.max_length or max_length, max_length)
 

@@ -33,8 +33,8 @@ class Example:
 
 
 def encode_example(record: Record, style: PromptStyle, tokenizer: Tokenizer) -> Example:
-    prompt_ids = tokenizer.encode(style.prompt(record))
-    answer_ids = tokenizer.encode(record.output + style.answer_suffix)
+    prompt_ids = style.encode_prompt(record, tokenizer)  # record text never becomes specials
+    answer_ids = style.encode_answer(record.output, tokenizer)
     if answer_ids and answer_ids[-1] == tokenizer.eos_id:
         answer_ids = answer_ids[:-1]  # the collate appends end-of-text itself
     return Example(prompt_ids + answer_ids, len(prompt_ids), record)
@@ -149,7 +149,7 @@ class SFTDataModule(L.LightningDataModule):
         self, tokenizer: Tokenizer, prompt_style: str | PromptStyle, max_length: int | None = None
     ) -> None:
         self.tokenizer = tokenizer
-        self.style = get_style(prompt_style) if isinstance(prompt_style, str) else prompt_style
+        self.style = get_style(prompt_style, tokenizer)
         if max_length is not None:
             self.max_length = min(self.max_length or max_length, max_length)
 

@@ -490,13 +490,15 @@ class LocalJudge(JudgeBackend):
 
         loaded = self.loaded()
         tok = loaded.tokenizer
-        style = get_style(loaded.prompt_style)
+        style = get_style(loaded.prompt_style, tok)
         prefix = (answer_prefix or "") if self.prefill else ""
         limit = loaded.model.cfg.context_length
         out: list[str | JudgeRequestError] = [""] * len(prompts)
         encoded: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
-            ids = tok.encode(style.prompt(Record(instruction=p)) + prefix)
+            ids = tok.encode_segments(
+                [*style.prompt_segments(Record(instruction=p)), (prefix, False)]
+            )
             if len(ids) + 1 > limit:
                 out[i] = JudgeRequestError(
                     PROMPT_TOO_LONG,

@@ -37,8 +37,8 @@ from gguf.quants import dequantize
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 from tunelab.models.loaders.hf import llama_to_tunelab, load_state_strict
-from tunelab.models.loaders.hf_tokenizer import byte_level_encoding, stop_ids_for
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.models.tokenizers.byte_level import byte_level_encoding, stop_ids_for
 
 log = logging.getLogger(__name__)
 
