@@ -181,7 +181,15 @@ def test_hand_made_matches_hf_tokenizers(tmp_path, pre) -> None:
     ("change", "message"),
     [
         ({"model": {"type": "Unigram", "vocab": []}}, "model.type is 'Unigram'"),
-        ({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}}, "Metaspace"),
+        (
+            {
+                "pre_tokenizer": {
+                    "type": "Sequence",
+                    "pretokenizers": [{"type": "Metaspace", "replacement": "▁"}, BYTE_LEVEL],
+                }
+            },
+            "Metaspace",
+        ),
         (
             {
                 "pre_tokenizer": {

@@ -108,11 +108,58 @@ def _token_name(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def tokenizer_from_hf_json(path: str | Path) -> Tokenizer:
-    """A `Tokenizer` from a byte-level BPE `tokenizer.json` (a file, or the folder holding it).
+def _has_byte_level(pre: Any) -> bool:
+    if not isinstance(pre, dict):
+        return False
+    if pre.get("type") == "ByteLevel":
+        return True
+    return any(_has_byte_level(p) for p in pre.get("pretokenizers") or [])
 
-    eos/pad/bos come from `tokenizer_config.json` beside it when present; without it, eos is
-    `<|endoftext|>` if the vocabulary has it, else this is an error (no guessing).
+
+def read_tokenizer_config(path: Path) -> dict[str, Any]:
+    """tokenizer_config.json beside `path` ({} when absent); bad JSON is an error naming it."""
+    cfg_path = path.with_name("tokenizer_config.json")
+    if not cfg_path.exists():
+        return {}
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object")
+    return config
+
+
+def chat_template_of(config: dict[str, Any], where: str) -> str | None:
+    """`chat_template` of a tokenizer_config.json (a string, or named templates: "default")."""
+    value = config.get("chat_template")
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        if isinstance(named.get("default"), str):
+            return named["default"]
+    raise ValueError(f"{where}: chat_template must be a string or a list with a 'default' one")
+
+
+def template_tokens_of(config: dict[str, Any]) -> dict[str, str]:
+    """The special-token strings a chat template sees (bos_token, eos_token, ...)."""
+    out = {}
+    for role in ("bos", "eos", "unk", "pad"):
+        name = _token_name(config.get(f"{role}_token"))
+        if name is not None:
+            out[f"{role}_token"] = name
+    return out
+
+
+def tokenizer_from_hf_json(path: str | Path) -> Tokenizer:
+    """A `Tokenizer` from a `tokenizer.json` (a file, or the folder holding it).
+
+    Byte-level BPE files (a ByteLevel pre-tokenizer) become tiktoken encodings; every other file
+    (SentencePiece-style: byte fallback, "▁" spaces) runs in the `tokenizers` library
+    (`tunelab.models.tokenizers.library`). eos/pad/bos and the chat template come from
+    `tokenizer_config.json` beside it when present; without it, eos is `<|endoftext|>` if the
+    vocabulary has it, else this is an error (no guessing).
     """
     path = Path(path)
     if path.is_dir():
@@ -120,10 +167,14 @@ def tokenizer_from_hf_json(path: str | Path) -> Tokenizer:
     if not path.exists():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
     source = str(path)
+    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    config = read_tokenizer_config(path)
+    if not _has_byte_level(data.get("pre_tokenizer")):
+        return _library_tokenizer(path, text, config)
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         raise ValueError(f"{source}: model.type is {model.get('type')!r}; only 'BPE' is supported")
@@ -155,22 +206,10 @@ def tokenizer_from_hf_json(path: str | Path) -> Tokenizer:
         if vocab.get(added["content"]) == added["id"]:
             del vocab[added["content"]]
 
-    config: dict[str, Any] = {}
-    cfg_path = path.with_name("tokenizer_config.json")
-    if cfg_path.exists():
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    def lookup(name: str) -> int | None:
+        return special.get(name, vocab.get(name))
 
-    def token_id(role: str) -> int | None:
-        name = _token_name(config.get(f"{role}_token"))
-        if name is None:
-            return None
-        if name in special:
-            return special[name]
-        if name in vocab:
-            return vocab[name]
-        raise ValueError(f"{cfg_path}: {role}_token {name!r} is not in {source}")
-
-    eos = token_id("eos")
+    eos, pad, bos = _role_ids(config, lookup, path, source)
     if eos is None:
         if "<|endoftext|>" not in special:
             raise ValueError(
@@ -178,7 +217,6 @@ def tokenizer_from_hf_json(path: str | Path) -> Tokenizer:
                 "<|endoftext|> token; put a tokenizer_config.json with eos_token beside it"
             )
         eos = special["<|endoftext|>"]
-    pad = token_id("pad")
     name = f"hf-{path.parent.name or 'tokenizer'}"
     enc = byte_level_encoding(
         name=name,
@@ -195,5 +233,50 @@ def tokenizer_from_hf_json(path: str | Path) -> Tokenizer:
         pad_id=eos if pad is None else pad,
         name=name,
         stop_ids=stop_ids_for(special, eos),
-        bos_id=token_id("bos"),
+        bos_id=bos,
+        chat_template=chat_template_of(config, str(path.with_name("tokenizer_config.json"))),
+        template_tokens=template_tokens_of(config),
+    )
+
+
+def _role_ids(
+    config: dict[str, Any], lookup: Any, path: Path, source: str
+) -> tuple[int | None, int | None, int | None]:
+    """(eos, pad, bos) ids named by tokenizer_config.json; a name not in the vocabulary is an
+    error naming the file."""
+    out = []
+    for role in ("eos", "pad", "bos"):
+        name = _token_name(config.get(f"{role}_token"))
+        if name is None:
+            out.append(None)
+            continue
+        i = lookup(name)
+        if i is None:
+            cfg_path = path.with_name("tokenizer_config.json")
+            raise ValueError(f"{cfg_path}: {role}_token {name!r} is not in {source}")
+        out.append(i)
+    return out[0], out[1], out[2]
+
+
+def _library_tokenizer(path: Path, text: str, config: dict[str, Any]) -> Tokenizer:
+    """A SentencePiece-style tokenizer.json, run by the `tokenizers` library."""
+    from tunelab.models.tokenizers.library import LibraryEncoding, class_pipeline
+
+    source = str(path)
+    name = f"hf-{path.parent.name or 'tokenizer'}"
+    enc = LibraryEncoding(class_pipeline(text, config, source), name, source)
+    eos, pad, bos = _role_ids(config, enc.token_to_id, path, source)
+    if eos is None:
+        raise ValueError(
+            f"{source}: no eos_token; put a tokenizer_config.json with eos_token beside it"
+        )
+    return Tokenizer(
+        enc,
+        eos_id=eos,
+        pad_id=eos if pad is None else pad,
+        name=name,
+        stop_ids=stop_ids_for(enc.special_tokens, eos),
+        bos_id=bos,
+        chat_template=chat_template_of(config, str(path.with_name("tokenizer_config.json"))),
+        template_tokens=template_tokens_of(config),
     )

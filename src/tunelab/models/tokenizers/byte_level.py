@@ -53,7 +53,14 @@ _WHITE_SPACE = frozenset(
     ]
 )
 # Conventional end-of-turn / end-of-text tokens: generation stops on any that the vocabulary has.
-STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>")
+STOP_TOKEN_NAMES = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<end_of_turn>",
+)
 
 
 @cache

@@ -1,0 +1,161 @@
+"""SentencePiece-style tokenizer folders built in tests (hub files cannot be downloaded here).
+
+`sp_folder(kind, dir)` trains a small BPE with byte fallback and "▁" spaces on a fixed corpus
+with the `tokenizers` library, lays it out as the real files of that family are laid out
+(Gemma 3: Replace(" ", "▁") normalizer; Llama 2 / Mistral / Phi-3: Metaspace pre-tokenizer,
+LlamaTokenizer class, Phi-3's rstrip chat markers) and writes tokenizer.json and
+tokenizer_config.json (with the family's chat template) into `dir`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 40))\n",
+    "Numbers 1234567890 and 3.14159, dates 2024-05-01.",
+    "Über straße naïve café résumé — «quotes» and ‘single’.",
+    "日本語のテキストと中文文本。한국어도 조금.",
+    "Emoji 🤗🚀✨ and symbols ©®™ ∑∫√.",
+    "Tabs\tand   runs of   spaces\n\n\nnew lines.",
+    "Instruction: answer the question briefly. Response: the answer is forty-two.",
+]
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = "
+    "messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}"
+    "{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}"
+    "{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + "
+    "(first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}"
+    "{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+SPECIALS = {
+    "gemma": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+    "llama2": ["<unk>", "<s>", "</s>"],
+    "phi3": [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<|endoftext|>",
+        "<|assistant|>",
+        "<|end|>",
+        "<|system|>",
+        "<|user|>",
+    ],
+}
+
+
+def _train(normalize) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalize
+    trainer = trainers.BpeTrainer(vocab_size=420, show_progress=False, special_tokens=["<unk>"])
+    tok.train_from_iterator(CORPUS, trainer)
+    data = json.loads(tok.to_str())
+    merges = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]
+    ]
+    return data["model"]["vocab"], merges
+
+
+def sp_tokenizer(kind: str) -> Tokenizer:
+    """The library tokenizer of a family kind: "gemma", "llama2" or "phi3"."""
+    specials = SPECIALS[kind]
+    trained, merges = _train(normalizers.Replace(" ", "▁"))
+    vocab: dict[str, int] = {}
+    for s in specials:
+        vocab[s] = len(vocab)
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t in sorted(trained, key=trained.get):
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    model = models.BPE(
+        vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True
+    )
+    tok = Tokenizer(model)
+    decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if kind == "gemma":
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous", invert=False)
+        tok.decoder = decoders.Sequence(decode)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="first", split=False
+        )
+        tok.decoder = decoders.Sequence([*decode, decoders.Strip(content=" ", left=1)])
+    rstrip = kind == "phi3"
+    tok.add_special_tokens(
+        [
+            AddedToken(
+                s,
+                special=True,
+                normalized=False,
+                rstrip=rstrip and s.startswith("<|") and s != "<|endoftext|>",
+            )
+            for s in specials
+        ]
+    )
+    return tok
+
+
+def sp_folder(kind: str, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    sp_tokenizer(kind).save(str(directory / "tokenizer.json"))
+    if kind == "gemma":
+        config = {
+            "tokenizer_class": "GemmaTokenizer",
+            "bos_token": "<bos>",
+            "eos_token": "<eos>",
+            "pad_token": "<pad>",
+            "unk_token": "<unk>",
+            "add_bos_token": True,
+            "chat_template": GEMMA_TEMPLATE,
+        }
+    else:
+        config = {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": "<s>",
+            "unk_token": "<unk>",
+            "eos_token": "<|endoftext|>" if kind == "phi3" else "</s>",
+            "legacy": False,
+            "add_bos_token": kind != "phi3",
+            "chat_template": PHI3_TEMPLATE if kind == "phi3" else LLAMA2_TEMPLATE,
+        }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory
