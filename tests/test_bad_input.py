@@ -7,6 +7,7 @@ prints that line as `error: ...` with exit code 1 and no traceback.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,15 +108,35 @@ def test_empty_training_split_after_splitting(tmp_path):
 def test_over_long_records_are_truncated_and_counted(tmp_path, caplog):
     from tunelab.models.tokenizer import gpt2_tokenizer
 
-    rows = [{"instruction": "word " * 300, "output": "b"}, json.loads(OK)]
+    rows = [
+        {"instruction": "a", "output": "word " * 300},  # cut: the answer continues past 64
+        {"instruction": "word " * 300, "output": "b"},  # the prompt alone is too long: dropped
+        json.loads(OK),
+    ]
     dm = SFTDataModule(
         path=str(write(tmp_path, "d.json", json.dumps(rows))), split=(1.0, 0, 0), max_length=64
     )
     dm.connect(gpt2_tokenizer(), "alpaca")
     with caplog.at_level("WARNING"):
         dm.setup()
-    assert "train: truncated 1 of 2 examples to max_length=64 tokens" in caplog.text
-    assert max(len(e.ids) for e in dm.datasets["train"].examples) == 64
+    assert "train: truncated 1 of 3 examples to max_length=64 tokens" in caplog.text
+    assert "train: dropped 1 of 3 examples whose prompt is longer than max_length=64" in caplog.text
+    examples = dm.datasets["train"].examples
+    assert sorted(len(e.ids) for e in examples)[-1] == 64 and len(examples) == 2
+    cut = next(e for e in examples if e.next_id is not None)
+    assert cut.next_id == gpt2_tokenizer().encode(" word")[0]  # the real next token, not <eot>
+
+
+def test_no_training_example_left_after_truncation(tmp_path):
+    from tunelab.models.tokenizer import gpt2_tokenizer
+
+    rows = [{"instruction": "word " * 300, "output": "b"}]
+    dm = SFTDataModule(
+        path=str(write(tmp_path, "d.json", json.dumps(rows))), split=(1.0, 0, 0), max_length=64
+    )
+    dm.connect(gpt2_tokenizer(), "alpaca")
+    with pytest.raises(DataError, match=r"data\.max_length=64: every training example's prompt"):
+        dm.setup()
 
 
 def test_config_value_errors():
@@ -192,3 +213,104 @@ def test_cli_config_errors_are_one_line(tmp_path, overrides, expected):
     assert res.returncode == 1
     assert expected in res.stderr, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+# Round two (issue 15): files that once escaped the one-line errors --------------------------
+ROUND_TWO_CASES = [
+    ("deeply-nested", "d.json", "[" * 100_000, r"d\.json: JSON nested too deeply to read"),
+    (
+        "deeply-nested-line",
+        "d.jsonl",
+        OK + "\n" + "[" * 100_000 + "\n",
+        r"d\.jsonl:2: JSON nested too deeply to read",
+    ),
+    (
+        "5000-digit-integer",
+        "d.jsonl",
+        '{"instruction": "a", "output": "b", "id": ' + "7" * 5000 + "}",
+        r"d\.jsonl:1: cannot read JSON: Exceeds the limit \(4300 digits\)",
+    ),
+    (
+        "lone-surrogate",
+        "d.jsonl",
+        OK + '\n{"instruction": "a", "output": "ok \\ud800"}\n',
+        r"d\.jsonl:2: field 'output' holds a lone surrogate .* at character 3",
+    ),
+    (
+        "lone-surrogate-nested",
+        "d.json",
+        '[{"messages": [{"role": "user", "content": "x"}, '
+        '{"role": "assistant", "content": "\\udfff"}]}]',
+        r"d\.json\[0\]: field 'messages\[1\]\.content' holds a lone surrogate",
+    ),
+    (
+        "non-utf8-after-bom",
+        "d.jsonl",
+        b'\xef\xbb\xbf{"instruction": "caf\xe9", "output": "b"}',
+        r"d\.jsonl: not valid UTF-8 \(byte offset 23\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "pattern"),
+    [c[1:] for c in ROUND_TWO_CASES],
+    ids=[c[0] for c in ROUND_TWO_CASES],
+)
+def test_bad_data_files_round_two(tmp_path, name, content, pattern):
+    with pytest.raises(DataError, match=pattern) as info:
+        load_records(write(tmp_path, name, content))
+    assert "\n" not in str(info.value)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    for name in ("d.json", "d.jsonl"):
+        body = f"[{OK}]" if name.endswith(".json") else OK + "\n"
+        (record,) = load_records(write(tmp_path, name, bom + body.encode()))
+        assert (record.instruction, record.output) == ("a", "b")
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path):
+    # U+2028 inside a string is text, not a line break (str.splitlines() would cut there)
+    rows = load_records(write(tmp_path, "d.jsonl", '{"instruction": "a\u2028b", "output": "c"}\n'))
+    assert rows[0].instruction == "a\u2028b"
+
+
+def test_paths_that_are_not_regular_files(tmp_path):
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"folder\.json: is a directory; expected a data file"):
+        load_records(folder)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)  # opening it would block until a writer comes: never opened
+    with pytest.raises(DataError, match=r"pipe\.jsonl: data file is a FIFO; expected a regular"):
+        load_records(fifo)
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(tmp_path / "loop2.json")
+    (tmp_path / "loop2.json").symlink_to(loop)
+    with pytest.raises(DataError, match=r"loop\.json: data file is a symbolic link loop"):
+        load_records(loop)
+    broken = tmp_path / "broken.json"
+    broken.symlink_to(tmp_path / "gone.json")
+    with pytest.raises(DataError, match=r"broken\.json: data file is a broken symbolic link"):
+        load_records(broken)
+    dm = SFTDataModule(path=str(folder))
+    with pytest.raises(DataError, match="is a directory"):
+        dm.load_splits()
+
+
+def test_responses_files_for_eval_name_the_file(tmp_path):
+    from tunelab.judge.evaluate import read_responses
+
+    bad = write(tmp_path, "responses.json", b'[{"instruction": "caf\xe9", "model_response": "x"}]')
+    with pytest.raises(DataError, match=r"responses\.json: not valid UTF-8 \(byte offset 21\)"):
+        read_responses(bad)
+    surrogate = write(
+        tmp_path, "r2.json", '[{"instruction": "a", "output": "b", "model_response": "\\ud800"}]'
+    )
+    with pytest.raises(DataError, match=r"r2\.json\[0\]: field 'model_response' holds a lone"):
+        read_responses(surrogate)
+    with pytest.raises(DataError, match=r"folder: is a directory; expected a responses file"):
+        (tmp_path / "folder").mkdir()
+        read_responses(tmp_path / "folder")

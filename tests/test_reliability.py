@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -185,3 +186,75 @@ def test_a_secret_written_into_the_config_is_refused(tmp_path, toy_file):
     assert res.returncode == 1
     assert "error: config key logger.wandb_api_key holds a secret value" in res.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# Outputs written atomically, full disks and read-only folders (issue 15) ----------------------
+def test_output_files_are_written_atomically(tmp_path):
+    from tunelab.callbacks.responses import write_responses
+    from tunelab.data.records import Record
+    from tunelab.utils.errors import OutputError
+    from tunelab.utils.io import write_json
+
+    path = write_json(tmp_path / "metrics.json", {"val/loss": 1.5})
+    assert path.read_text() == '{\n  "val/loss": 1.5\n}\n'
+    # text UTF-8 cannot encode: refused naming the file, the previous version stays, no temp file
+    with pytest.raises(
+        OutputError, match=r"metrics\.json: cannot write: .*'\\ud800' at position 13"
+    ):
+        write_json(tmp_path / "metrics.json", {"note": "\ud800"})
+    assert path.read_text() == '{\n  "val/loss": 1.5\n}\n'
+    with pytest.raises(OutputError, match=r"responses\.json: cannot write"):
+        write_responses(tmp_path / "responses.json", [Record("q", output="a")], ["\udfff"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def _no_space(obj, f, *args, **kwargs):
+    f.write(b"part of a checkpoint")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, capsys):
+    from tunelab.utils.errors import OutputError, friendly_errors
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    monkeypatch.setattr(torch, "save", _no_space)
+    with pytest.raises(OutputError, match=r"last\.ckpt: no space left on device"):
+        io.save_checkpoint({"step": 2}, path)
+    # the CLI's wrapper: one line, exit code 1
+    with pytest.raises(SystemExit) as exit_info, friendly_errors():
+        io.save_checkpoint({"step": 2}, path)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: no space left on device (disk full or quota exceeded)\n"
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}  # the last good checkpoint
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    # torch's own writer reports ENOSPC inside a RuntimeError: still the same one line
+    monkeypatch.setattr(
+        torch,
+        "save",
+        lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError(
+                "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: "
+                "No space left on device"
+            )
+        ),
+    )
+    with pytest.raises(OutputError, match=r"last\.ckpt: no space left on device"):
+        io.save_checkpoint({"step": 2}, path)
+
+
+def test_read_only_output_folder_is_one_line(tmp_path, monkeypatch):
+    import tempfile
+
+    from tunelab.utils.errors import OutputError
+    from tunelab.utils.io import write_json
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # as root, chmod would not stop a write
+    with pytest.raises(OutputError, match=r"metrics\.json: cannot write: read-only file system"):
+        write_json(tmp_path / "metrics.json", {})

@@ -6,7 +6,6 @@ trainer -> fit -> metrics.json; returns the metric named by `optimized_metric` f
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -24,6 +23,7 @@ from tunelab.utils.config import (
     instantiate_dict,
     save_and_print_config,
 )
+from tunelab.utils.io import atomic_write_text, write_json
 from tunelab.utils.tracking import global_rank, narrow_ddp_relaunch, prepare_wandb
 
 log = logging.getLogger("tunelab.train")
@@ -80,10 +80,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 def write_model_files(loaded, folder: Path) -> None:
     """Tokenizer, prompt style and model config beside the checkpoints, readable without torch."""
     loaded.tokenizer.save(folder)
-    (folder / "prompt_style.txt").write_text(loaded.prompt_style + "\n")
-    (folder / "model_config.json").write_text(
-        json.dumps(loaded.model.cfg.to_dict(), indent=2) + "\n"
-    )
+    atomic_write_text(folder / "prompt_style.txt", loaded.prompt_style + "\n")
+    write_json(folder / "model_config.json", loaded.model.cfg.to_dict())
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -116,9 +114,7 @@ def train(cfg: DictConfig) -> float | None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
         metrics["global_step"] = trainer.global_step
         if trainer.is_global_zero:
-            (output_dir / "metrics.json").write_text(
-                json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-            )
+            write_json(output_dir / "metrics.json", metrics, sort_keys=True)
             log.info("run folder: %s", output_dir)
     finally:
         _finish_wandb()

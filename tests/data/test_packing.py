@@ -129,3 +129,15 @@ def test_training_entry_point_gives_the_same_first_loss_packed_or_not(tmp_path, 
         losses[packing] = train(cfg)
     # one step on the same eight records: the loss before the update is the same function
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_a_cut_example_in_a_packed_row_targets_the_token_after_the_cut():
+    cut = Example([10, 11, 20, 21], prompt_len=2, record=Record("a"), next_id=22)
+    whole = Example([13, 23], prompt_len=1, record=Record("b"))
+    batch = collate_packed([cut, whole], pad_id=PAD, max_length=8, mask_prompt=True)
+    assert batch["input_ids"].tolist() == [[10, 11, 20, 21, 13, 23]]
+    assert batch["targets"].tolist() == [[-100, 20, 21, 22, 23, PAD]]
+    padded = collate_sft([cut, whole], pad_id=PAD, mask_prompt=True)
+    assert sorted(t for t in padded["targets"].flatten().tolist() if t != -100) == sorted(
+        t for t in batch["targets"].flatten().tolist() if t != -100
+    )

@@ -2,7 +2,8 @@
 
 - `AtomicCheckpointIO`: checkpoints are written to a temporary file in the same folder, flushed
   to disk, then renamed over the target, so a kill during a save never leaves a half-written
-  `last.ckpt` that a resume would trust.
+  `last.ckpt` that a resume would trust; a full disk is one line naming the path, and the last
+  good checkpoint stays. Checkpoints are read back with `weights_only=True`.
 - `SaveOnSigterm`: Lightning turns SIGTERM into an exception at the next step boundary; this
   callback saves `last.ckpt` there (weights, optimizer, data position), so `ckpt_path=last`
   continues exactly where the run stopped.
@@ -11,8 +12,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,20 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from tunelab.utils.io import atomic_save
+
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A full disk or a read-only folder: one line naming the path (tunelab.utils.io).
+        atomic_save(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None):
+        # Resumed checkpoints never run code: tensors and plain containers only.
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return super().load_checkpoint(path, weights_only=True, **kwargs)
 
 
 class SaveOnSigterm(L.Callback):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from tunelab.data.records import Record
 from tunelab.models.decoder import Decoder
 from tunelab.models.generation import generate
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,7 @@ def write_responses(
         )
         row[key] = a
         rows.append(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_json(path, rows)
 
 
 class GenerateResponses(L.Callback):

@@ -107,10 +107,14 @@ def make_loader(
     trainer=None,
     num_workers: int = 0,
     resume_at: tuple[int, int] | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose global batches are identical for any number of processes."""
+    """A DataLoader whose global batches are identical for any number of processes.
+
+    drop_last: leave out a last global batch smaller than the others (the book's train loaders).
+    """
     rank, world = rank_and_world(trainer)
-    sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world, drop_last)
     sampler.resume_at = resume_at
     if resume_at is not None:
         # Lightning calls `set_epoch` only on samplers, not on a batch sampler like this one, so

@@ -5,7 +5,8 @@ every batch padded to its longest example is padding). Packing puts several exam
 and keeps them apart with per-example positions (restarting at 0) and document ids, which the
 decoder turns into block-diagonal causal attention. Each example keeps exactly its own targets,
 end-of-text included, and no target crosses an example boundary, so the token-weighted mean loss
-of a packed batch equals that of the padded batch holding the same examples.
+of a packed batch equals that of the padded batch holding the same examples. An example cut at
+max_length targets the token after the cut, not end-of-text (see `tunelab.data.sft`).
 
 Packing works on one batch at a time: a step still sees the same `batch_size` examples as
 without packing (same data order, same number of optimizer steps), only laid out in fewer,
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tunelab.data.sft import IGNORE_INDEX, Example
+from tunelab.data.sft import IGNORE_INDEX, Example, example_items
 
 
 def assign_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -66,15 +67,16 @@ def collate_packed(
     """Pack one batch of examples into rows of at most `max_length` input tokens.
 
     Returns `input_ids`, `targets` (shifted by one inside each example; its last input token
-    targets the end-of-text token = `pad_id`, as in `collate_sft`), `positions` (restarting at 0
+    targets the end-of-text token = `pad_id`, or the token after a max_length cut, as in
+    `collate_sft`), `positions` (restarting at 0
     for every example) and `doc_ids` (the example's index in `batch`; -1 on padding). Rows are
     padded to the longest row with `pad_id` inputs and `ignore_index` targets, rounded up to a
     multiple of `pad_to_multiple_of` (GPUs: fewer distinct shapes, tensor-core-friendly widths).
     """
-    items = [(b.ids, b.prompt_len) if isinstance(b, Example) else (list(b), 0) for b in batch]
-    if any(len(ids) == 0 for ids, _ in items):
+    items = example_items(batch)
+    if any(len(ids) == 0 for ids, _, _ in items):
         raise ValueError("packing: every example needs at least one token")
-    rows = assign_rows([len(ids) for ids, _ in items], max_length)
+    rows = assign_rows([len(ids) for ids, _, _ in items], max_length)
     width = max(sum(len(items[i][0]) for i in row) for row in rows)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     shape = (len(rows), width)
@@ -85,9 +87,9 @@ def collate_packed(
     for r, row in enumerate(rows):
         start = 0
         for i in row:
-            ids, prompt_len = items[i]
+            ids, prompt_len, next_id = items[i]
             n = len(ids)
-            seq = torch.tensor(ids + [pad_id], dtype=torch.long)
+            seq = torch.tensor(ids + [pad_id if next_id is None else next_id], dtype=torch.long)
             span = slice(start, start + n)
             inputs[r, span] = seq[:-1]
             tgt = seq[1:].clone()

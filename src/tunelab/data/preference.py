@@ -40,8 +40,8 @@ from tunelab.data.records import (
     Record,
     parse_record,
     read_json_records,
-    split_records,
 )
+from tunelab.data.splits import check_split_order, split_by_order
 from tunelab.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ def load_preferences(path: str | Path, identical_pairs: str = "error") -> list[P
 
 @dataclass
 class PairExample:
-    """Token ids of one pair. `chosen`/`rejected` end with end-of-text unless truncated."""
+    """Token ids of one pair. `chosen`/`rejected` end with end-of-text unless truncated (or
+    built with `end_of_text=False`)."""
 
     prompt: list[int]
     chosen: list[int]
@@ -200,12 +201,25 @@ class PairExample:
     truncated: dict[str, bool] = field(default_factory=dict)
 
 
-def completion_ids(text: str, style: PromptStyle, tokenizer: Tokenizer) -> list[int]:
-    """The answer, the style's end-of-turn suffix and exactly one end-of-text token."""
+def completion_ids(
+    text: str, style: PromptStyle, tokenizer: Tokenizer, end_of_text: bool = True
+) -> list[int]:
+    """The answer, the style's end-of-turn suffix and exactly one end-of-text token (none with
+    `end_of_text=False`, as the DPO notebook, whose answers end without one)."""
     ids = style.encode_answer(text, tokenizer)  # answer text never becomes special tokens
     if ids and ids[-1] == tokenizer.eos_id:
         ids = ids[:-1]
-    return ids + [tokenizer.eos_id]
+    return ids + [tokenizer.eos_id] if end_of_text else ids
+
+
+SCORED = ("answer", "response_and_answer")
+
+
+def notebook_scored_start(pair: PreferencePair, style: PromptStyle, tokenizer: Tokenizer) -> int:
+    """Where the DPO notebook starts scoring: its prompt (the style's prompt without the
+    response header) plus 2 tokens (`mask[:prompt.shape[0]+2] = False`: with GPT-2's BPE the
+    two "\n" tokens before "### Response:", which is scored with the answer)."""
+    return len(style.encode_instruction(pair.record, tokenizer)) + 2
 
 
 def encode_pair(
@@ -215,11 +229,21 @@ def encode_pair(
     max_length: int,
     max_prompt_length: int,
     index: int = 0,
+    scored: str = "answer",
+    end_of_text: bool = True,
 ) -> PairExample:
-    """Tokenise and truncate: the prompt keeps its end, the completions keep their start."""
+    """Tokenise and truncate: the prompt keeps its end, the completions keep their start.
+
+    scored: `answer` scores the answer (and end-of-text); `response_and_answer` also the end of
+    the response header, as the DPO notebook (`notebook_scored_start`): those header tokens
+    then belong to both completions instead of the shared prompt."""
     prompt = style.encode_prompt(pair.record, tokenizer)
-    chosen = completion_ids(pair.chosen, style, tokenizer)
-    rejected = completion_ids(pair.rejected, style, tokenizer)
+    chosen = completion_ids(pair.chosen, style, tokenizer, end_of_text)
+    rejected = completion_ids(pair.rejected, style, tokenizer, end_of_text)
+    if scored == "response_and_answer":
+        start = min(notebook_scored_start(pair, style, tokenizer), len(prompt))
+        prompt, header = prompt[:start], prompt[start:]
+        chosen, rejected = header + chosen, header + rejected
     truncated = {"prompt": len(prompt) > max_prompt_length}
     if truncated["prompt"]:
         prompt = prompt[len(prompt) - max_prompt_length :]
@@ -346,8 +370,21 @@ class PreferenceDataModule(L.LightningDataModule):
         limit: int | None = None,
         seed: int = 123,
         num_workers: int = 0,
+        split_order: str = "shuffled",
+        scored: str = "answer",
+        end_of_text: bool = True,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
+        check_split_order(split_order)
+        if scored not in SCORED:
+            raise ValueError(
+                f"data.scored: expected 'answer' or 'response_and_answer', got {scored!r}"
+            )
+        # The DPO notebook's settings: split_order=file, scored=response_and_answer,
+        # end_of_text=false, drop_last=true; see README "Coming from the book".
+        self.split_order, self.scored = split_order, scored
+        self.end_of_text, self.drop_last = end_of_text, drop_last
         self.path, self.train_path, self.val_path, self.test_path = (
             path,
             train_path,
@@ -421,7 +458,7 @@ class PreferenceDataModule(L.LightningDataModule):
             pairs = load(self.path or EMBEDDED_PREFERENCES)
             if self.limit:
                 pairs = pairs[: self.limit]
-            train, val, test = split_records(pairs, self.split, self.seed)
+            train, val, test = split_by_order(pairs, self.split, self.seed, self.split_order)
             self.pairs = {"train": train, "val": val, "test": test}
         if not self.pairs["train"]:
             raise DataError("data: the training split is empty")
@@ -438,7 +475,16 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length, max_prompt = self.lengths()
         for split, pairs in self.load_splits().items():
             examples = [
-                encode_pair(p, self.style, self.tokenizer, max_length, max_prompt, index=i)
+                encode_pair(
+                    p,
+                    self.style,
+                    self.tokenizer,
+                    max_length,
+                    max_prompt,
+                    index=i,
+                    scored=self.scored,
+                    end_of_text=self.end_of_text,
+                )
                 for i, p in enumerate(pairs)
             ]
             counts = {
@@ -481,6 +527,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.trainer,
             self.num_workers,
             resume,
+            drop_last=self.drop_last and split == "train",
         )
 
     def state_dict(self) -> dict[str, int]:

@@ -65,13 +65,22 @@ class PromptStyle:
     # The end of every prompt that introduces the answer ("\n\n### Response:\n" for Alpaca).
     response_header: str = ""
 
-    def instruction_text(self, record: Record) -> str:
+    def instruction_segments(self, record: Record) -> list[Segment]:
         """The prompt without its response header: what the book's exercise 7.2 masks (its
         `format_input`), and what the DPO notebook's prompt is."""
-        text = self.prompt(record)
+        seg = list(self.prompt_segments(record))
+        text, trusted = seg[-1] if seg else ("", True)
         if not self.response_header or not text.endswith(self.response_header):
             raise ValueError(f"prompt style {self.name!r} has no response header to leave out")
-        return text[: len(text) - len(self.response_header)]
+        seg[-1] = (text[: len(text) - len(self.response_header)], trusted)
+        return [s for s in seg if s[0]]
+
+    def instruction_text(self, record: Record) -> str:
+        return "".join(text for text, _ in self.instruction_segments(record))
+
+    def encode_instruction(self, record: Record, tokenizer: Tokenizer) -> list[int]:
+        """Token ids of `instruction_text(record)` (special tokens only from the style's text)."""
+        return tokenizer.encode_segments(self.instruction_segments(record))
 
 
 def _user_text(instruction: str, inp: str) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.utils.io import InputFileError, read_text_file
+
 
 class DataError(ValueError):
     """A data file problem, with where it is and what was expected."""
@@ -30,40 +32,87 @@ class Record:
     raw: dict[str, Any] = field(default_factory=dict)  # the record as read, for responses.json
 
 
+def parse_json(text: str, where: str, line: bool) -> Any:
+    """json.loads with every failure as one DataError naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if line:
+            raise DataError(f"{where}: malformed JSON line ({e.msg} at column {e.colno})") from None
+        raise DataError(
+            f"{where}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        ) from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"{where}: cannot read JSON: {str(e).split(';')[0]}") from None
+
+
+def lone_surrogate(value: Any, field: str = "") -> tuple[str, int] | None:
+    """(field path, character index) of the first string holding a lone UTF-16 surrogate
+    (JSON escapes like "\\ud800" decode to one; it is not Unicode text and cannot be written
+    as UTF-8), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return field or "(value)", e.start
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            name = f"{field}.{k}" if field else str(k)
+            found = lone_surrogate(k, name) or lone_surrogate(v, name)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = lone_surrogate(v, f"{field}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_unicode(obj: Any, where: str) -> None:
+    try:
+        found = lone_surrogate(obj)
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
+    if found:
+        name, pos = found
+        raise DataError(
+            f"{where}: field {name!r} holds a lone surrogate (a \\ud800-\\udfff escape without "
+            f"its pair) at character {pos}; not valid Unicode text"
+        )
+
+
+def read_json_text(path: str | Path, what: str = "data file") -> str:
+    """The text of a JSON/JSONL file, checked first (regular file, UTF-8, BOM accepted)."""
+    try:
+        return read_text_file(path, what)
+    except InputFileError as e:
+        raise DataError(str(e)) from None
+
+
 def read_json_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """Read a JSON list or JSONL file; returns (location, object) pairs for error messages."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: data file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (byte offset {e.start}): {e.reason}") from None
+    text = read_json_text(path)
     out: list[tuple[str, dict[str, Any]]] = []
     if path.suffix == ".jsonl" or (path.suffix != ".json" and not text.lstrip().startswith("[")):
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # Split on "\n" only: strings may hold U+2028 and friends, which splitlines() cuts at.
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})"
-                ) from None
-            out.append((f"{path}:{lineno}", obj))
+            out.append((f"{path}:{lineno}", parse_json(line, f"{path}:{lineno}", line=True)))
     else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})"
-            ) from None
+        data = parse_json(text, str(path), line=False)
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         out = [(f"{path}[{i}]", obj) for i, obj in enumerate(data)]
     for where, obj in out:
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        check_unicode(obj, where)
     return out
 
 

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunelab.data.distributed import data_position, make_loader, resume_point
 from tunelab.data.prompts import PromptStyle, get_style
-from tunelab.data.records import DataError, Record, load_records, split_records
+from tunelab.data.records import DataError, Record, load_records
+from tunelab.data.splits import check_split_order, split_by_order
 from tunelab.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,20 @@ class Example:
     record: Record
 
 
-def encode_example(record: Record, style: PromptStyle, tokenizer: Tokenizer) -> Example:
+def encode_example(
+    record: Record, style: PromptStyle, tokenizer: Tokenizer, mask_response_header: bool = True
+) -> Example:
+    """Token ids of prompt + answer. `prompt_len` (what `mask_prompt` hides) covers the whole
+    prompt, or, with `mask_response_header=False`, the prompt without its response header (the
+    book's exercise 7.2 masks `format_input` only, so it trains on `### Response:`)."""
     prompt_ids = style.encode_prompt(record, tokenizer)  # record text never becomes specials
     answer_ids = style.encode_answer(record.output, tokenizer)
     if answer_ids and answer_ids[-1] == tokenizer.eos_id:
         answer_ids = answer_ids[:-1]  # the collate appends end-of-text itself
-    return Example(prompt_ids + answer_ids, len(prompt_ids), record)
+    masked = len(prompt_ids)
+    if not mask_response_header:
+        masked = len(style.encode_instruction(record, tokenizer))
+    return Example(prompt_ids + answer_ids, masked, record)
 
 
 class SFTDataset(Dataset):
@@ -121,8 +130,17 @@ class SFTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         packing: bool = False,
         shuffle: bool = True,
+        split_order: str = "shuffled",
+        mask_response_header: bool = True,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
+        check_split_order(split_order)
+        # The book's settings: split_order=file, mask_response_header=false (exercise 7.2),
+        # drop_last=true (its train loader); see README "Coming from the book".
+        self.split_order = split_order
+        self.mask_response_header = mask_response_header
+        self.drop_last = drop_last
         self.path, self.train_path, self.val_path, self.test_path = (
             path,
             train_path,
@@ -169,7 +187,7 @@ class SFTDataModule(L.LightningDataModule):
             records = load_records(path)
             if self.limit:
                 records = records[: self.limit]
-            train, val, test = split_records(records, self.split, self.seed)
+            train, val, test = split_by_order(records, self.split, self.seed, self.split_order)
             self.records = {"train": train, "val": val, "test": test}
         if not self.records["train"]:
             raise DataError("data: the training split is empty")
@@ -184,7 +202,10 @@ class SFTDataModule(L.LightningDataModule):
         if self.datasets:
             return
         for split, records in self.load_splits().items():
-            examples = [encode_example(r, self.style, self.tokenizer) for r in records]
+            examples = [
+                encode_example(r, self.style, self.tokenizer, self.mask_response_header)
+                for r in records
+            ]
             self.datasets[split] = SFTDataset(truncate_examples(examples, self.max_length, split))
 
     def _collate(self):
@@ -216,6 +237,7 @@ class SFTDataModule(L.LightningDataModule):
             self.trainer,
             self.num_workers,
             resume,
+            drop_last=self.drop_last and split == "train",
         )
 
     def state_dict(self) -> dict[str, int]:

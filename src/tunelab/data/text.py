@@ -23,6 +23,7 @@ import torch
 
 from tunelab.data.records import DataError
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.utils.io import InputFileError, check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ def resolve_corpus_paths(spec: str | Path) -> list[Path]:
 
 
 def _read_text(path: Path) -> str:
+    try:
+        check_input_file(path, "corpus file")  # a FIFO would block the read forever
+    except InputFileError as e:
+        raise DataError(str(e)) from None
     try:
         raw = path.read_bytes()
         if path.suffix == ".gz":

@@ -8,7 +8,6 @@ exact match (SQuAD-normalised) for short references, ROUGE-L F1 per record, corp
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -18,10 +17,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.data.records import DataError, Record, parse_record
+from tunelab.data.records import (
+    DataError,
+    Record,
+    check_unicode,
+    parse_json,
+    parse_record,
+    read_json_text,
+)
 from tunelab.judge.backends import JudgeBackend, JudgeRequestError
 from tunelab.judge.parsing import OK, STATUSES
 from tunelab.judge.prompts import JudgePrompt, get_pairwise_prompt, get_prompt
+from tunelab.utils.io import write_json as write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +85,9 @@ def read_responses(
 ) -> tuple[list[Record], list[str], list[dict[str, Any]]]:
     """Records, answers and raw rows from a responses.json (a list of records plus `key`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"responses file not found: {path}")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    rows = parse_json(read_json_text(path, "responses file"), str(path), line=False)
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{path}: expected a non-empty JSON list of records with {key!r}")
     records, answers = [], []
@@ -93,6 +97,7 @@ def read_responses(
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         if key not in row or not isinstance(row[key], str):
             raise DataError(f"{where}: missing string field {key!r} (the answer to judge)")
+        check_unicode(row, where)
         records.append(parse_record(row, where, require_output=False))
         answers.append(row[key])
     return records, answers, rows
@@ -231,9 +236,7 @@ def evaluate_responses(
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_json_atomic(path, payload)  # temporary file + rename: never a truncated file
 
 
 def write_judge_json(path: Path, result: EvalResult) -> Path:

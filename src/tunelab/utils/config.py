@@ -9,6 +9,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.utils.io import atomic_write_text
+
 SECRET_MARKERS = ("api_key", "apikey", "token", "secret", "password")
 
 
@@ -100,9 +102,7 @@ def _plain(cfg: DictConfig, key: str) -> Any:
 def save_and_print_config(cfg: DictConfig, output_dir: Path, print_tree: bool = True) -> None:
     plain = redact(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(
-        OmegaConf.to_yaml(OmegaConf.create(plain)), encoding="utf-8"
-    )
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain)))
     if not print_tree:
         return
     import rich

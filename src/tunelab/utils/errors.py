@@ -11,7 +11,12 @@ from hydra.errors import InstantiationException
 
 log = logging.getLogger("tunelab")
 
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError, FloatingPointError)
+
+class OutputError(OSError):
+    """An output file could not be written (disk full, read-only folder); the message names it."""
+
+
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError, FloatingPointError, OutputError)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
