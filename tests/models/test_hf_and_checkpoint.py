@@ -27,7 +27,7 @@ def test_missing_folder_and_shape_mismatch(tmp_path):
     folder = save_hf_gpt2(model, tmp_path / "g")
     text = (folder / "config.json").read_text().replace('"n_embd": 64', '"n_embd": 128')
     (folder / "config.json").write_text(text)
-    with pytest.raises(ValueError, match="shape mismatches wte.weight"):
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor '.*' has shape .* implies"):
         load_hf_folder(folder)
 
 

@@ -19,57 +19,10 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def config_from_hf(path: Path) -> Config:
-    cfg_path = path / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(
-            f"{cfg_path}: missing; a Hugging Face model folder needs config.json"
-        )
-    try:
-        hf = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    model_type = hf.get("model_type")
+    """`Config` from the folder's config.json (strict: see loaders/hf_config.py)."""
+    from tunelab.models.loaders.hf_config import config_from_hf as read
 
-    def need(key: str):
-        if key not in hf:
-            raise KeyError(f"{cfg_path}: missing key {key!r} for model_type {model_type!r}")
-        return hf[key]
-
-    if model_type == "gpt2":
-        return Config(
-            name=path.name,
-            family="gpt2",
-            vocab_size=need("vocab_size"),
-            context_length=need("n_positions"),
-            n_layer=need("n_layer"),
-            n_head=need("n_head"),
-            n_embd=need("n_embd"),
-            intermediate_size=hf.get("n_inner") or 4 * need("n_embd"),
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_embeddings=True,
-            tokenizer="gpt2",
-        )
-    if model_type in ("llama", "mistral", "qwen2") and not hf.get("attention_bias", False):
-        rope_base = hf.get("rope_theta", 10000.0)
-        return Config(
-            name=path.name,
-            family="llama",
-            vocab_size=need("vocab_size"),
-            context_length=hf.get("max_position_embeddings", 2048),
-            n_layer=need("num_hidden_layers"),
-            n_head=need("num_attention_heads"),
-            n_kv_head=hf.get("num_key_value_heads") or need("num_attention_heads"),
-            n_embd=need("hidden_size"),
-            intermediate_size=need("intermediate_size"),
-            head_dim=hf.get("head_dim"),
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_base=float(rope_base),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            tokenizer="hf",
-        )
-    raise ValueError(
-        f"{cfg_path}: unsupported model_type {model_type!r}; tunelab loads 'gpt2' and 'llama'-family folders"
-    )
+    return read(path)
 
 
 def read_hf_state(path: Path) -> dict[str, torch.Tensor]:
@@ -203,21 +156,14 @@ def load_state_strict(model: Decoder, state: dict[str, torch.Tensor], source: st
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def load_hf_folder(path: str | Path) -> Decoder:
+def load_hf_folder(path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder:
+    """A `Decoder` (eval mode, `dtype`) from a Hugging Face folder, strictly (hf_weights.py)."""
+    from tunelab.models.loaders.hf_weights import load_hf_weights
+
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
-    cfg = config_from_hf(path)
-    raw = read_hf_state(path)
-    try:
-        state = (gpt2_to_tunelab if cfg.family == "gpt2" else llama_to_tunelab)(raw, cfg)
-    except KeyError as e:
-        raise ValueError(
-            f"{path}: weights lack tensor {e.args[0]!r} required by its config.json"
-        ) from None
-    model = Decoder(cfg)
-    load_state_strict(model, state, str(path))
-    return model.eval()
+    return load_hf_weights(path, dtype)
 
 
 def save_hf_gpt2(model: Decoder, path: str | Path) -> Path:
