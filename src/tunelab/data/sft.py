@@ -31,6 +31,20 @@ class Example:
     ids: list[int]  # prompt + answer (without the final end-of-text token the collate adds)
     prompt_len: int
     record: Record
+    # Set when `ids` was cut at max_length: the token that followed the cut. The last input then
+    # targets it (as the book's collate does), never end-of-text, so the model does not learn to
+    # stop mid-answer.
+    next_id: int | None = None
+
+
+def example_items(
+    batch: list[Example] | list[list[int]],
+) -> list[tuple[list[int], int, int | None]]:
+    """(ids, prompt_len, next_id) per example; a plain id list is a whole, untruncated example."""
+    return [
+        (b.ids, b.prompt_len, b.next_id) if isinstance(b, Example) else (list(b), 0, None)
+        for b in batch
+    ]
 
 
 def encode_example(
@@ -61,21 +75,38 @@ class SFTDataset(Dataset):
 
 
 def truncate_examples(examples: list[Example], max_length: int | None, split: str) -> list[Example]:
-    """Cut sequences to `max_length` tokens (keeping the start) and log how many were cut."""
+    """Cut sequences to `max_length` input tokens (keeping the start), and count what happened.
+
+    A cut example keeps the token after the cut as its last target (`Example.next_id`), so it
+    never learns end-of-text there. An example whose prompt alone is longer than `max_length`
+    would have no answer token left to learn: it is dropped, and counted.
+    """
     if not max_length:
         return examples
-    cut = 0
+    cut = dropped = 0
     out = []
     for ex in examples:
         if len(ex.ids) > max_length:
+            if ex.prompt_len > max_length:
+                dropped += 1
+                continue
             cut += 1
-            ex = Example(ex.ids[:max_length], min(ex.prompt_len, max_length), ex.record)
+            ex = Example(ex.ids[:max_length], ex.prompt_len, ex.record, ex.ids[max_length])
         out.append(ex)
     if cut:
         log.warning(
             "%s: truncated %d of %d examples to max_length=%d tokens",
             split,
             cut,
+            len(examples),
+            max_length,
+        )
+    if dropped:
+        log.warning(
+            "%s: dropped %d of %d examples whose prompt is longer than max_length=%d tokens "
+            "(no answer token left to train on)",
+            split,
+            dropped,
             len(examples),
             max_length,
         )
@@ -92,15 +123,16 @@ def collate_sft(
 
     Each sequence gets one end-of-text token (= pad id) appended, which stays in the targets so
     the model learns to stop; the padding after it is replaced by `ignore_index` (the seed's
-    rule, applied by position so a genuine end-of-text inside a text is never masked).
+    rule, applied by position so a genuine end-of-text inside a text is never masked). A
+    sequence cut at max_length targets the real token after the cut instead (`Example.next_id`).
     """
-    items = [(b.ids, b.prompt_len) if isinstance(b, Example) else (list(b), 0) for b in batch]
-    width = max(len(ids) for ids, _ in items)
+    items = example_items(batch)
+    width = max(len(ids) for ids, _, _ in items)
     inputs = torch.full((len(items), width), pad_id, dtype=torch.long)
     targets = torch.full((len(items), width), ignore_index, dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(items):
+    for row, (ids, prompt_len, next_id) in enumerate(items):
         n = len(ids)
-        seq = torch.tensor(ids + [pad_id], dtype=torch.long)
+        seq = torch.tensor(ids + [pad_id if next_id is None else next_id], dtype=torch.long)
         inputs[row, :n] = seq[:-1]
         targets[row, :n] = seq[1:]
         if mask_prompt and prompt_len > 1:
@@ -207,6 +239,11 @@ class SFTDataModule(L.LightningDataModule):
                 for r in records
             ]
             self.datasets[split] = SFTDataset(truncate_examples(examples, self.max_length, split))
+        if not self.datasets["train"].examples:
+            raise DataError(
+                f"data.max_length={self.max_length}: every training example's prompt is longer; "
+                "no answer token is left to train on (raise data.max_length)"
+            )
 
     def _collate(self):
         if self.packing:
