@@ -102,7 +102,7 @@ def test_max_new_tokens_is_capped(guarded):
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "expected a user message"),
         ({"messages": [{"role": "tool", "content": "hi"}]}, "unsupported role"),
         ({"messages": MESSAGES, "max_tokens": 0}, "must be >= 1"),
-        ({"messages": MESSAGES, "n": 2}, "only 1 choice"),
+        ({"messages": MESSAGES, "n": 2}, "only 1"),
         ({"messages": MESSAGES, "temperature": "hot"}, "expected a number"),
         ({"messages": [{"role": "user", "content": "x " * 400}]}, "context is 256 tokens"),
     ],

@@ -1,0 +1,3 @@
+from tunelab.serve.cli import main
+
+main()
