@@ -1,0 +1,42 @@
+"""The embedded multiple-choice sets: up to date with their builders, valid, right answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunelab.data.builders import mc_cloze, mc_python
+from tunelab.evaluation.items import load_items
+from tunelab.evaluation.sets import EMBEDDED_DIR, EMBEDDED_SETS, ChoiceSet
+
+
+@pytest.mark.parametrize("builder", [mc_python, mc_cloze], ids=["python", "cloze"])
+def test_embedded_sets_are_up_to_date(builder):
+    assert builder.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDED_SETS))
+def test_embedded_sets_load_and_have_300_items(name):
+    items, dev = ChoiceSet(embedded=name).load()
+    assert len(items) >= 300 and dev == []
+    assert all(len(it.choices) == 4 for it in items)
+    positions = {it.answer for it in items}
+    assert positions == {0, 1, 2, 3}
+
+
+def test_python_answers_are_what_the_snippets_print():
+    path = EMBEDDED_DIR / EMBEDDED_SETS["python_semantics"][0]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        assert mc_python.run(row["code"]) == row["choices"][row["answer"]]
+        assert row["code"] in row["question"]
+    assert len({r["subject"] for r in rows}) == 20
+
+
+def test_cloze_choices_differ_only_in_the_word():
+    for it in load_items(EMBEDDED_DIR / EMBEDDED_SETS["prose_cloze"][0]):
+        rests = {c.split(" ", 1)[1] if " " in c else c[-1] for c in it.choices}
+        assert len(rests) == 1, it.choices
+        words = [c.split(" ", 1)[0].rstrip(".") for c in it.choices]
+        assert len(set(words)) == 4 and it.question[0].isupper()
