@@ -120,10 +120,12 @@ class ChatModel:
         limit = max(0, min(params.max_new_tokens, prompt.window - len(prompt.ids)))
 
         def on_token(token_id: int) -> bool:
+            if cancel is not None and cancel.is_set():
+                return True  # the client left: this token is the last one computed
             piece = stream.feed(token_id)
             if piece and emit is not None:
                 emit(piece)
-            return stream.stopped or (cancel is not None and cancel.is_set())
+            return stream.stopped
 
         with self.lock:
             if cancel is not None and cancel.is_set():
