@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,8 @@ CLI_CASES = [
     (["data.batch_sise=8"], "Key 'batch_sise' is not in struct"),
     (["model.source=gpt9"], "error: model source 'gpt9' is neither a preset"),
     (["ckpt_path=/no/such.ckpt"], "error: ckpt_path: checkpoint not found: /no/such.ckpt"),
+    (["trainer.max_steps=0"], "error: trainer.max_steps=0: nothing would be trained"),
+    (["data.batch_size=0"], "error: data.batch_size must be an integer >= 1, got 0"),
 ]
 
 
@@ -314,3 +317,44 @@ def test_responses_files_for_eval_name_the_file(tmp_path):
     with pytest.raises(DataError, match=r"folder: is a directory; expected a responses file"):
         (tmp_path / "folder").mkdir()
         read_responses(tmp_path / "folder")
+
+
+# Config values checked where they enter (issue 15 part 3) -------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "data.batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": -2}, "data.batch_size must be an integer >= 1, got -2"),
+        ({"max_length": -5}, "data.max_length must be an integer >= 1 or null, got -5"),
+        ({"limit": -1400}, "data.limit must be an integer >= 1 or null, got -1400"),
+        ({"limit": 0}, "data.limit must be an integer >= 1 or null, got 0"),
+        ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
+        ({"batch_size": 2.5}, "data.batch_size must be an integer >= 1, got 2.5"),
+    ],
+)
+def test_data_sizes_are_checked_where_they_enter(kwargs, message):
+    from tunelab.data.preference import PreferenceDataModule
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SFTDataModule(**kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PreferenceDataModule(**kwargs)
+
+
+def test_a_warmup_longer_than_the_run_is_a_warning(caplog):
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(1, 1)
+    trainer = SimpleNamespace(
+        estimated_stepping_batches=10, optimizers=[torch.optim.SGD(model.parameters(), lr=0.1)]
+    )
+    with caplog.at_level("WARNING"):
+        assert WarmupCosineLR(warmup=20).resolve(trainer) == (10, 20, 0.1)
+    assert (
+        "callbacks.lr_schedule.warmup=20 is 20 steps, not shorter than the run's 10: "
+        "the LR never reaches peak_lr=0.1"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        WarmupCosineLR(warmup=0.5).resolve(trainer)
+    assert "warmup" not in caplog.text

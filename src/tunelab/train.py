@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from tunelab.callbacks.reliability import ValidateAtEnd
 from tunelab.utils.config import (
     check_no_literal_secrets,
     conf_dir,
@@ -63,6 +64,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         optimizer=hydra.utils.instantiate(cfg.optimizer),
     )
     callbacks = instantiate_dict(cfg.get("callbacks"))
+    callbacks.append(ValidateAtEnd())  # final val metrics and best.ckpt for every finished run
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
@@ -84,8 +86,45 @@ def write_model_files(loaded, folder: Path) -> None:
     write_json(folder / "model_config.json", loaded.model.cfg.to_dict())
 
 
+def check_run_length(trainer_cfg: DictConfig) -> None:
+    """max_steps / max_epochs that would train nothing are refused before any work."""
+    for key in ("max_steps", "max_epochs"):
+        value = trainer_cfg.get(key)
+        if value is not None and (value == 0 or value < -1):
+            raise ValueError(
+                f"trainer.{key}={value}: nothing would be trained; give a positive count, "
+                "or -1 for no limit"
+            )
+
+
+def sweeper_needs_metric() -> bool:
+    """True inside a multirun whose sweeper reads the returned metric (Optuna, ...), not a grid."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    target = str(hc.sweeper.get("_target_", ""))
+    return hc.mode == RunMode.MULTIRUN and not target.endswith("BasicSweeper")
+
+
+def optimized_value(name: str | None, metrics: dict[str, float]) -> float | None:
+    """The metric a sweeper optimizes; missing: an error where a sweeper needs it, else a warning."""
+    if not name:
+        return None
+    if name not in metrics:
+        msg = f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}"
+        if sweeper_needs_metric():
+            raise KeyError(msg)
+        log.warning("%s (no sweeper reads it: the run still succeeds)", msg)
+        return None
+    return metrics[name]
+
+
 def train(cfg: DictConfig) -> float | None:
     check_no_literal_secrets(cfg)
+    check_run_length(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
     rank_zero = global_rank() == 0
     if rank_zero:
@@ -118,12 +157,7 @@ def train(cfg: DictConfig) -> float | None:
             log.info("run folder: %s", output_dir)
     finally:
         _finish_wandb()
-    name = cfg.get("optimized_metric")
-    if name:
-        if name not in metrics:
-            raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
-        return metrics[name]
-    return None
+    return optimized_value(cfg.get("optimized_metric"), metrics)
 
 
 def _finish_wandb() -> None:

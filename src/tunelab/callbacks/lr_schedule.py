@@ -12,11 +12,14 @@ Adam's moments; the book's `train_model` starts at `initial_lr=3e-5`.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
 
 from tunelab.utils.scalars import log_step_value
+
+log = logging.getLogger(__name__)
 
 
 def lr_at(
@@ -90,6 +93,15 @@ class WarmupCosineLR(L.Callback):
             peak = (
                 self.peak_lr if self.peak_lr is not None else trainer.optimizers[0].defaults["lr"]
             )
+            if warmup >= span and self.schedule == "cosine":
+                log.warning(
+                    "callbacks.lr_schedule.warmup=%s is %d steps, not shorter than the run's %d: "
+                    "the LR never reaches peak_lr=%g (lower the warmup or train longer)",
+                    self.warmup,
+                    warmup,
+                    span,
+                    peak,
+                )
             self._resolved = (total, warmup, peak)
         return self._resolved
 

@@ -70,3 +70,26 @@ class PeriodicCheckpoint(L.Callback):
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and not trainer.sanity_checking:
             trainer.save_checkpoint(self.path)
+
+
+class ValidateAtEnd(L.Callback):
+    """Validate on the last training step when Lightning would not (max_steps mid-epoch, a final
+    epoch that `check_val_every_n_epoch` skips), so every finished run has final val metrics and
+    `best.ckpt`. It asks Lightning to stop there (`trainer.should_stop`, its early-stopping path),
+    which runs the ordinary validation loop and ModelCheckpoint; no step is validated twice."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.sanity_checking or not trainer.enable_validation:
+            return
+        loop = trainer.fit_loop
+        max_steps, max_epochs = trainer.max_steps, loop.max_epochs
+        last_step = max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps
+        last_epoch = (
+            max_epochs is not None
+            and max_epochs > 0
+            and trainer.current_epoch >= max_epochs - 1
+            and loop.epoch_loop.batch_progress.is_last_batch
+        )
+        if last_step or last_epoch:
+            trainer.should_stop = True
+            trainer.check_val_every_n_epoch = 1  # this final step is validated in any epoch

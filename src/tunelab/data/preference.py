@@ -43,6 +43,7 @@ from tunelab.data.records import (
 )
 from tunelab.data.splits import check_split_order, split_by_order
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.utils.checks import check_data_sizes
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -385,6 +386,7 @@ class PreferenceDataModule(L.LightningDataModule):
         # end_of_text=false, drop_last=true; see README "Coming from the book".
         self.split_order, self.scored = split_order, scored
         self.end_of_text, self.drop_last = end_of_text, drop_last
+        check_data_sizes(batch_size, max_length, limit, num_workers)
         self.path, self.train_path, self.val_path, self.test_path = (
             path,
             train_path,

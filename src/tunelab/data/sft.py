@@ -16,6 +16,7 @@ from tunelab.data.prompts import PromptStyle, get_style
 from tunelab.data.records import DataError, Record, load_records
 from tunelab.data.splits import check_split_order, split_by_order
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.utils.checks import check_data_sizes
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -167,6 +168,7 @@ class SFTDataModule(L.LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
+        check_data_sizes(batch_size, max_length, limit, num_workers)
         check_split_order(split_order)
         # The book's settings: split_order=file, mask_response_header=false (exercise 7.2),
         # drop_last=true (its train loader); see README "Coming from the book".
