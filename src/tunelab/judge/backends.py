@@ -17,13 +17,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from tunelab.judge.parsing import BAD_RESPONSE, PROMPT_TOO_LONG, SERVER_ERROR
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class JudgeError(ValueError):
@@ -46,6 +47,43 @@ class _Retryable(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind  # "unreachable" or "server_error"
+
+
+def with_retries(call: Callable[[], T], retries: int, backoff: float, where: str) -> T:
+    """`call()`, retried on `_Retryable` with exponential backoff (backoff, 2 backoff, ...).
+
+    After the last try: an unreachable server raises `JudgeUnreachableError` (one line), a server
+    error `JudgeRequestError(SERVER_ERROR)`. Every HTTP backend, and any scorer that calls a
+    server, goes through this one loop.
+    """
+    delay = backoff
+    last: _Retryable | None = None
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except _Retryable as e:
+            last = e
+            if attempt < retries:
+                log.warning("%s: %s; retry %d/%d in %.1fs", where, e, attempt + 1, retries, delay)
+                time.sleep(delay)
+                delay *= 2
+    assert last is not None
+    tries = retries + 1
+    if last.kind == "unreachable":
+        raise JudgeUnreachableError(f"{where} is unreachable after {tries} tries: {last}")
+    raise JudgeRequestError(SERVER_ERROR, f"{last} (after {tries} tries)")
+
+
+def status_error(code: int, text: str, refused: str, not_found: str) -> Exception:
+    """An HTTP status as the error the retry loop and callers expect: 429/5xx retryable,
+    401/403 `JudgeError(refused)`, 404 `JudgeError(not_found)`, others a per-request error."""
+    if code >= 500 or code == 429:
+        return _Retryable("server_error", text)
+    if code in (401, 403):
+        return JudgeError(refused)
+    if code == 404:
+        return JudgeError(not_found)
+    return JudgeRequestError(SERVER_ERROR, text)
 
 
 def _is_loopback(url: str) -> bool:
@@ -86,32 +124,12 @@ class JudgeBackend:
 
     def complete(self, prompt: str, answer_prefix: str | None = None) -> str:
         """The judge's text; `answer_prefix` only matters to backends that can prefill."""
-        delay = self.backoff
-        last: _Retryable | None = None
-        for attempt in range(self.retries + 1):
+
+        def once() -> str:
             self.attempts += 1
-            try:
-                return self._once(prompt)
-            except _Retryable as e:
-                last = e
-                if attempt < self.retries:
-                    log.warning(
-                        "judge %s: %s; retry %d/%d in %.1fs",
-                        self.where,
-                        e,
-                        attempt + 1,
-                        self.retries,
-                        delay,
-                    )
-                    time.sleep(delay)
-                    delay *= 2
-        assert last is not None
-        tries = self.retries + 1
-        if last.kind == "unreachable":
-            raise JudgeUnreachableError(
-                f"judge {self.where} is unreachable after {tries} tries: {last}"
-            )
-        raise JudgeRequestError(SERVER_ERROR, f"{last} (after {tries} tries)")
+            return self._once(prompt)
+
+        return with_retries(once, self.retries, self.backoff, f"judge {self.where}")
 
     def complete_many(
         self, prompts: Sequence[str], answer_prefix: str | None = None
@@ -232,19 +250,14 @@ class OllamaJudge(JudgeBackend):
 
     def _status_error(self, code: int, message: str) -> Exception:
         text = f"HTTP {code}: {_short(message)}" if code > 0 else _short(message)
-        if code >= 500 or code == 429:
-            return _Retryable("server_error", text)
-        if code in (401, 403):
-            return JudgeError(
-                f"judge {self.where}: the server refused the request ({text}); "
-                f"put the key in the variable named by judge.backend.api_key_env"
-            )
-        if code == 404:
-            return JudgeError(
-                f"judge {self.where}: not found ({text}); is the model pulled "
-                f"(`ollama pull {self.model}`) and is judge.backend.host an Ollama server?"
-            )
-        return JudgeRequestError(SERVER_ERROR, text)
+        return status_error(
+            code,
+            text,
+            f"judge {self.where}: the server refused the request ({text}); "
+            f"put the key in the variable named by judge.backend.api_key_env",
+            f"judge {self.where}: not found ({text}); is the model pulled "
+            f"(`ollama pull {self.model}`) and is judge.backend.host an Ollama server?",
+        )
 
     def ping(self) -> str | None:
         client = self.client()  # a configuration problem (missing key) raises JudgeError
@@ -355,19 +368,14 @@ class OpenAIJudge(JudgeBackend):
 
     def _status_error(self, code: int, message: str) -> Exception:
         text = f"HTTP {code}: {message}"
-        if code >= 500 or code == 429:
-            return _Retryable("server_error", text)
-        if code in (401, 403):
-            return JudgeError(
-                f"judge {self.where}: the key was refused ({text}); put it in the environment "
-                f"variable {self.api_key_env or '(judge.backend.api_key_env is null)'}"
-            )
-        if code == 404:
-            return JudgeError(
-                f"judge {self.where}: not found ({text}); check judge.backend.base_url (it ends "
-                f"in /v1) and judge.backend.model"
-            )
-        return JudgeRequestError(SERVER_ERROR, text)
+        return status_error(
+            code,
+            text,
+            f"judge {self.where}: the key was refused ({text}); put it in the environment "
+            f"variable {self.api_key_env or '(judge.backend.api_key_env is null)'}",
+            f"judge {self.where}: not found ({text}); check judge.backend.base_url (it ends "
+            f"in /v1) and judge.backend.model",
+        )
 
     def ping(self) -> str | None:
         client = self.client()  # a configuration problem (missing key) raises JudgeError
