@@ -50,6 +50,8 @@ def extra_overrides(group: str, name: str, toy_file: Path) -> list[str]:
         extra.append(f"data.path={toy_file}")
     if (group, name) == ("data", "text_files"):
         extra.append(f"data.new={toy_file}")  # read at setup(), not when instantiated
+    if (group, name) == ("prompt", "model"):
+        extra.append("model=smollm2-135m")  # a model whose files carry a chat template
     return extra
 
 

@@ -123,3 +123,14 @@ def test_segments_equal_whole_text_encoding_without_forged_specials(smollm2_tok)
         assert tok.encode_segments(segs) == tok.encode(whole)
         ids, starts = tok.encode_segments_with_offsets(segs)
         assert len(starts) == len(ids) and starts == sorted(starts)
+
+
+def test_smollm2_own_template_equals_the_smollm2_style(smollm2_tok):
+    tok = smollm2_tok
+    model = get_style("model", tok)
+    for record in (
+        Record(instruction="Q"),
+        Record(instruction="Q", system="S", history=[("a", "b")]),
+    ):
+        assert model.prompt(record) == get_style("smollm2").prompt(record)
+        assert model.encode_prompt(record, tok) == get_style("smollm2").encode_prompt(record, tok)

@@ -159,3 +159,82 @@ def sp_folder(kind: str, directory: Path) -> Path:
         }
     (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return directory
+
+
+# -- byte-level BPE folders (ChatML / Llama 3 style), for the tiktoken kind -------------------
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_GENERATION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{{ message['content'] + '<|im_end|>\n' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+# Exercises the environment: namespace, loop controls, tojson, strftime_now, trim/lstrip blocks.
+FEATURES_TEMPLATE = """{%- set ns = namespace(n=0) -%}
+{{ bos_token }}Today: {{ strftime_now('%Y-%m') }}
+{% for message in messages %}
+    {% if message['role'] == 'system' %}{% continue %}{% endif %}
+    {% set ns.n = ns.n + 1 %}
+    <{{ message['role'] }} n={{ ns.n }}>{{ message['content'] }}{{ eos_token }}
+    {% if ns.n > 5 %}{% break %}{% endif %}
+{% endfor %}
+meta={{ {'n': ns.n, 'é': 'ü'} | tojson }}
+{% if add_generation_prompt %}<assistant>{% endif %}"""
+
+BYTE_SPECIALS = {
+    "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    "llama3": [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ],
+}
+
+
+def byte_level_folder(kind: str, directory: Path, template: str | None = None) -> Path:
+    """A byte-level BPE tokenizer.json (trained here) with ChatML or Llama 3 specials."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_special_tokens(
+        [AddedToken(s, special=True, normalized=False) for s in BYTE_SPECIALS[kind]]
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    if kind == "chatml":
+        config = {
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "chat_template": template or CHATML_TEMPLATE,
+        }
+    else:
+        config = {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "chat_template": template or LLAMA3_TEMPLATE,
+        }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory

@@ -203,11 +203,20 @@ class PairExample:
 
 
 def completion_ids(
-    text: str, style: PromptStyle, tokenizer: Tokenizer, end_of_text: bool = True
+    text: str,
+    style: PromptStyle,
+    tokenizer: Tokenizer,
+    end_of_text: bool = True,
+    record: Record | None = None,
 ) -> list[int]:
     """The answer, the style's end-of-turn suffix and exactly one end-of-text token (none with
-    `end_of_text=False`, as the DPO notebook, whose answers end without one)."""
-    ids = style.encode_answer(text, tokenizer)  # answer text never becomes special tokens
+    `end_of_text=False`, as the DPO notebook, whose answers end without one). With `record`, the
+    answer as the style renders it after that conversation (prompt style `model`)."""
+    # answer text never becomes special tokens
+    if record is None:
+        ids = style.encode_answer(text, tokenizer)
+    else:
+        ids = style.encode_completion(record, text, tokenizer)
     if ids and ids[-1] == tokenizer.eos_id:
         ids = ids[:-1]
     return ids + [tokenizer.eos_id] if end_of_text else ids
@@ -239,8 +248,8 @@ def encode_pair(
     the response header, as the DPO notebook (`notebook_scored_start`): those header tokens
     then belong to both completions instead of the shared prompt."""
     prompt = style.encode_prompt(pair.record, tokenizer)
-    chosen = completion_ids(pair.chosen, style, tokenizer, end_of_text)
-    rejected = completion_ids(pair.rejected, style, tokenizer, end_of_text)
+    chosen = completion_ids(pair.chosen, style, tokenizer, end_of_text, pair.record)
+    rejected = completion_ids(pair.rejected, style, tokenizer, end_of_text, pair.record)
     if scored == "response_and_answer":
         start = min(notebook_scored_start(pair, style, tokenizer), len(prompt))
         prompt, header = prompt[:start], prompt[start:]

@@ -93,7 +93,8 @@ def load_pretrained(
         if context_length is not None:
             base["context_length"] = context_length
         apply_lora(model, lora, base=base)
-    style = prompt_style or style or DEFAULT_STYLES.get(tokenizer.name, "alpaca")
+    default = "model" if tokenizer.chat_template else "alpaca"  # the checkpoint's own template
+    style = prompt_style or style or DEFAULT_STYLES.get(tokenizer.name, default)
     return LoadedModel(model, tokenizer, style, str(source))
 
 

@@ -437,11 +437,23 @@ def _tokenizer_from_reader(reader: GGUFReader) -> Tokenizer:
     for extra in ("eot_token_id", "eom_token_id"):
         if (i := token_id(extra)) is not None and i not in stops:
             stops.append(i)
+    bos = token_id("bos_token_id")
+    template = _meta(reader, "tokenizer.chat_template", None)
     return Tokenizer(
         enc,
         eos_id=eos,
         pad_id=eos if pad is None else pad,
         name=name,
         stop_ids=stops,
-        bos_id=token_id("bos_token_id"),
+        bos_id=bos,
+        chat_template=None if template is None else str(template),
+        template_tokens=_template_tokens(tokens, eos, bos),
     )
+
+
+def _template_tokens(tokens: list[str], eos: int, bos: int | None) -> dict[str, str]:
+    """bos_token/eos_token strings for the chat template (as llama.cpp passes them)."""
+    out = {"eos_token": tokens[eos]}
+    if bos is not None:
+        out["bos_token"] = tokens[bos]
+    return out
