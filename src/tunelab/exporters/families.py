@@ -1,0 +1,236 @@
+"""One table entry per model family: how its config and weights are written for each format.
+
+An entry reuses the loaders' name maps in the export direction (`tunelab_to_gpt2`,
+`tunelab_to_llama`) and llama.cpp's own tensor-name table (`gguf.get_tensor_name_map`, the one
+`convert_hf_to_gguf.py` uses) for GGUF names. A config trait an entry does not write (a `Config`
+field away from what the family's basic fields imply) is refused, so a family or trait added to
+the decoder later cannot be exported silently wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+import torch
+
+from tunelab.models.config import Config
+from tunelab.models.loaders.hf import gpt2_name_map, tunelab_to_gpt2, tunelab_to_llama
+
+State = dict[str, torch.Tensor]
+
+# Config fields every entry writes; any other field must equal what these imply.
+BASIC_FIELDS = (
+    "name",
+    "family",
+    "vocab_size",
+    "context_length",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "n_kv_head",
+    "intermediate_size",
+    "head_dim",
+    "norm_eps",
+    "rope_base",
+    "tie_embeddings",
+    "dropout",
+    "tokenizer",
+    "extra",
+)
+
+
+@dataclass(frozen=True)
+class FamilyExport:
+    name: str  # the HF model_type written
+    family: str  # tunelab's Config.family
+    hf_config: Callable[[Config], dict[str, Any]]
+    hf_state: Callable[[State, Config], State]
+    gguf_arch: gguf.MODEL_ARCH | None  # None: GGUF cannot express the family
+    gguf_hparams: Callable[[gguf.GGUFWriter, Config], None]
+    gguf_state: Callable[[State, Config], State]  # HF names, GGUF layout (Q/K permuted...)
+    check: Callable[[Config], list[str]]  # what this entry cannot write, as phrases
+    requires: dict[str, Any] = dataclasses.field(default_factory=dict)  # traits identifying it
+    writes: tuple[str, ...] = ()  # further traits it writes, whatever their value
+
+
+# -- GPT-2 ----------------------------------------------------------------------------------
+
+
+def _gpt2_check(cfg: Config) -> list[str]:
+    problems = []
+    if cfg.n_kv_head != cfg.n_head:
+        problems.append(f"n_kv_head={cfg.n_kv_head} != n_head={cfg.n_head}")
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        problems.append(f"head_dim={cfg.head_dim} * n_head != n_embd={cfg.n_embd}")
+    if not cfg.tie_embeddings:
+        problems.append("untied embeddings (tunelab's GPT-2 loaders always tie them)")
+    return problems
+
+
+def _gpt2_hf_config(cfg: Config) -> dict[str, Any]:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.intermediate_size,
+        "layer_norm_epsilon": cfg.norm_eps,
+        "activation_function": "gelu_new",  # tunelab: GELU, tanh approximation
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+    }
+
+
+def _gpt2_hf_state(state: State, cfg: Config) -> State:
+    return {f"transformer.{k}": v for k, v in tunelab_to_gpt2(state, cfg).items()}
+
+
+def _gpt2_gguf_state(state: State, cfg: Config) -> State:
+    # llama.cpp stores GPT-2's Conv1D weights as (out, in), tunelab's nn.Linear layout.
+    return {f"transformer.{hf}": state[ours] for hf, ours, _ in gpt2_name_map(cfg)}
+
+
+def _gpt2_gguf_hparams(w: gguf.GGUFWriter, cfg: Config) -> None:
+    w.add_context_length(cfg.context_length)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.n_layer)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.norm_eps)
+
+
+# -- Llama (Llama 2/3, SmolLM2, ...) -------------------------------------------------------
+
+
+def _llama_check(cfg: Config) -> list[str]:
+    return []
+
+
+def _llama_hf_config(cfg: Config) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.context_length,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "rope_scaling": None,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "attention_dropout": cfg.dropout,
+        "pretraining_tp": 1,
+        "use_cache": True,
+    }
+
+
+def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF half-rotation rows -> llama.cpp's interleaved RoPE layout (convert_hf_to_gguf)."""
+    out, inp = w.shape
+    return w.reshape(n_head, 2, out // n_head // 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def _llama_gguf_state(state: State, cfg: Config) -> State:
+    hf = tunelab_to_llama(state, cfg)
+    for name, w in hf.items():
+        if name.endswith("self_attn.q_proj.weight"):
+            hf[name] = _permute(w, cfg.n_head)
+        elif name.endswith("self_attn.k_proj.weight"):
+            hf[name] = _permute(w, cfg.n_kv_head)
+    return hf
+
+
+def _llama_gguf_hparams(w: gguf.GGUFWriter, cfg: Config) -> None:
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_context_length(cfg.context_length)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.n_layer)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_kv_head)
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_base)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+
+
+# Tried in order; an entry fits a config when its `requires` traits match and every other trait
+# away from the family's defaults is one it `writes`.
+FAMILIES: list[FamilyExport] = [
+    FamilyExport(
+        "gpt2",
+        "gpt2",
+        _gpt2_hf_config,
+        _gpt2_hf_state,
+        gguf.MODEL_ARCH.GPT2,
+        _gpt2_gguf_hparams,
+        _gpt2_gguf_state,
+        _gpt2_check,
+    ),
+    FamilyExport(
+        "llama",
+        "llama",
+        _llama_hf_config,
+        tunelab_to_llama,
+        gguf.MODEL_ARCH.LLAMA,
+        _llama_gguf_hparams,
+        _llama_gguf_state,
+        _llama_check,
+    ),
+]
+
+
+def _traits(cfg: Config) -> dict[str, Any]:
+    """The config's traits away from what its family and basic fields imply."""
+    implied = Config(**{f: getattr(cfg, f) for f in BASIC_FIELDS})
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(Config)
+        if f.name not in BASIC_FIELDS and getattr(cfg, f.name) != getattr(implied, f.name)
+    }
+
+
+def family_export(cfg: Config, fmt: str) -> FamilyExport:
+    """The table entry for `cfg`, refusing (one line) what no entry can write."""
+    traits = _traits(cfg)
+    gguf_only = fmt in ("gguf", "ollama")
+    for entry in FAMILIES:
+        if entry.family != cfg.family or (gguf_only and entry.gguf_arch is None):
+            continue
+        if any(traits.get(k, getattr(cfg, k)) != v for k, v in entry.requires.items()):
+            continue
+        if set(traits) <= set(entry.requires) | set(entry.writes):
+            problems = entry.check(cfg)
+            if problems:
+                raise ValueError(
+                    f"format={fmt}: the {entry.name} export cannot express {'; '.join(problems)}"
+                )
+            return entry
+    shown = "; ".join(f"{k}={v!r}" for k, v in traits.items()) or "no extra traits"
+    known = ", ".join(e.name for e in FAMILIES if not gguf_only or e.gguf_arch is not None)
+    raise ValueError(
+        f"format={fmt}: no {fmt} export for a {cfg.family}-family model with {shown} "
+        f"(exports: {known})"
+    )

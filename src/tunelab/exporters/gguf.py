@@ -1,0 +1,111 @@
+"""GGUF files for llama.cpp (and Ollama), written with the `gguf` package's `GGUFWriter`.
+
+Tensor names come from llama.cpp's own table (`gguf.get_tensor_name_map`), Llama's Q/K rows are
+permuted to llama.cpp's RoPE layout (see `families`), and the tokenizer is written as
+`tokenizer.ggml.*` (byte-level BPE: tokens, types, merges, pre-tokenizer name, special ids) with
+the prompt style's chat template. Types: F32, F16, BF16 and Q8_0 for matrices; vectors (norms,
+biases) stay F32, as in `convert_hf_to_gguf.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import LlamaFileType
+
+from tunelab.exporters.chat_templates import ChatTemplates
+from tunelab.exporters.families import FamilyExport
+from tunelab.exporters.tokenizer_files import CONTROL, GGUF_PRE, NORMAL, vocabulary
+from tunelab.models.decoder import Decoder
+from tunelab.models.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+GGUF_TYPES = {
+    "f32": (Q.F32, LlamaFileType.ALL_F32),
+    "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+}
+
+
+def _encode(arr: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q]:
+    if arr.ndim < 2 or qtype == Q.F32:
+        return arr.astype(np.float32), Q.F32
+    if qtype == Q.F16:
+        return arr.astype(np.float16), Q.F16
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    if arr.shape[-1] % block:
+        raise ValueError(
+            f"gguf_type={qtype.name.lower()}: a row of {arr.shape[-1]} values is not a multiple "
+            f"of the {block}-value block; use f16, bf16 or f32"
+        )
+    return gguf.quants.quantize(arr.astype(np.float32), qtype), qtype
+
+
+def _add_tokenizer(
+    w: gguf.GGUFWriter, tokenizer: Tokenizer, vocab_size: int, templates: ChatTemplates
+) -> None:
+    vocab = vocabulary(tokenizer, vocab_size)
+    if vocab.pretokenizer not in GGUF_PRE:
+        raise ValueError(
+            f"tokenizer {tokenizer.name!r}: its pre-tokenizer regex has no llama.cpp name "
+            f"tunelab knows (known: {', '.join(GGUF_PRE.values())}); cannot write it to GGUF"
+        )
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(GGUF_PRE[vocab.pretokenizer])
+    w.add_token_list(vocab.tokens)
+    w.add_token_types([CONTROL if s else NORMAL for s in vocab.special])
+    w.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
+    w.add_eos_token_id(tokenizer.eos_id)
+    if tokenizer.bos_id is not None:
+        w.add_bos_token_id(tokenizer.bos_id)
+    w.add_pad_token_id(tokenizer.pad_id)
+    turn_ends = [i for i in tokenizer.stop_ids if i != tokenizer.eos_id]
+    if turn_ends:
+        w.add_eot_token_id(turn_ends[0])
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+    w.add_chat_template(templates.jinja)
+
+
+def write_gguf(
+    model: Decoder,
+    tokenizer: Tokenizer,
+    templates: ChatTemplates,
+    entry: FamilyExport,
+    path: Path,
+    gguf_type: str = "f16",
+) -> None:
+    if gguf_type not in GGUF_TYPES:
+        raise ValueError(f"gguf_type={gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
+    qtype, file_type = GGUF_TYPES[gguf_type]
+    cfg = model.cfg
+    assert entry.gguf_arch is not None
+    arch = gguf.MODEL_ARCH_NAMES[entry.gguf_arch]
+    names = gguf.get_tensor_name_map(entry.gguf_arch, cfg.n_layer)
+    tensors = []
+    for hf_name, tensor in entry.gguf_state(model.state_dict(), cfg).items():
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"format=gguf: no llama.cpp name for tensor {hf_name!r} ({arch})")
+        data, dtype = _encode(tensor.detach().to("cpu").float().numpy(), qtype)
+        tensors.append((name, data, dtype))
+
+    w = gguf.GGUFWriter(str(path), arch)
+    try:
+        w.add_name(cfg.name)
+        w.add_file_type(int(file_type))
+        entry.gguf_hparams(w, cfg)
+        _add_tokenizer(w, tokenizer, cfg.vocab_size, templates)
+        for name, data, dtype in tensors:
+            w.add_tensor(name, data, raw_dtype=dtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()

@@ -1,0 +1,118 @@
+"""Hugging Face folders: config.json, safetensors weights, generation and tokenizer files.
+
+Loads with `AutoModelForCausalLM` / `AutoTokenizer` (and so vLLM) and with tunelab's own loader.
+Weights above `max_shard_size` are split into `model-0000i-of-0000n.safetensors` with a
+`model.safetensors.index.json`, as `save_pretrained` does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.exporters.chat_templates import ChatTemplates
+from tunelab.exporters.families import FamilyExport
+from tunelab.exporters.tokenizer_files import (
+    tokenizer_config,
+    tokenizer_json,
+    vocabulary,
+)
+from tunelab.models.decoder import Decoder
+from tunelab.models.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
+_UNITS["GIB"] = 2**30
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from 5000000, "5GB", "500MB" or "2GiB"."""
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(value), re.IGNORECASE)
+        if m is None:
+            raise ValueError(f"max_shard_size={value!r}: expected bytes or e.g. 5GB, 500MB, 2GiB")
+        size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    if size <= 0:
+        raise ValueError(f"max_shard_size={value!r}: must be positive")
+    return size
+
+
+def _json(path: Path, data: Any, indent: int | None = 2) -> None:
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: int) -> list[str]:
+    """model.safetensors, or shards + index above `max_shard_size` bytes; returns file names."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return ["model.safetensors"]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for shard, fname in zip(shards, names, strict=True):
+        save_file(shard, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    _json(
+        folder / "model.safetensors.index.json",
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+    )
+    return [*names, "model.safetensors.index.json"]
+
+
+def write_hf(
+    model: Decoder,
+    tokenizer: Tokenizer,
+    templates: ChatTemplates,
+    entry: FamilyExport,
+    folder: Path,
+    dtype: str = "float32",
+    max_shard_size: int = 5 * 10**9,
+) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    cfg = model.cfg
+    vocab = vocabulary(tokenizer, cfg.vocab_size)
+    ids = {
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
+    config = {**entry.hf_config(cfg), **ids, "torch_dtype": dtype}
+    _json(folder / "config.json", config)
+    stops = list(dict.fromkeys([tokenizer.eos_id, *tokenizer.stop_ids]))
+    _json(
+        folder / "generation_config.json",
+        {
+            "bos_token_id": tokenizer.bos_id,
+            "eos_token_id": stops[0] if len(stops) == 1 else stops,
+            "pad_token_id": tokenizer.pad_id,
+        },
+    )
+    state = {
+        k: v.detach().to("cpu", DTYPES[dtype]).contiguous()
+        for k, v in entry.hf_state(model.state_dict(), cfg).items()
+    }
+    write_weights(state, folder, max_shard_size)
+    _json(folder / "tokenizer.json", tokenizer_json(vocab), indent=None)  # 50k-entry tables
+    _json(
+        folder / "tokenizer_config.json",
+        tokenizer_config(vocab, tokenizer, templates.jinja, cfg.context_length),
+    )
