@@ -95,6 +95,28 @@ def test_masks_train_every_assistant_turn_and_nothing_else(family) -> None:
         assert piece.endswith(end), (kind, piece)
 
 
+def test_sft_batches_train_exactly_the_assistant_turns(family) -> None:
+    from tunelab.data.packing import collate_packed
+    from tunelab.data.sft import IGNORE_INDEX, collate_sft, encode_example, truncate_examples
+
+    kind, tok, _ = family
+    style = get_style("model", tok)
+    record = RECORDS[2]
+    ids, trained = style.encode_sft(record, tok)
+    ex = encode_example(record, style, tok)
+    n = len(ex.ids)
+    assert ex.ids == ids[:n] and ex.mask == trained[:n] and ex.prompt_len == trained.index(True)
+    padded = collate_sft([ex], tok.pad_id, mask_prompt=True)["targets"][0].tolist()
+    packed = collate_packed([ex], tok.pad_id, max_length=n, mask_prompt=True)["targets"][0]
+    expected = [ex.ids[j + 1] if ex.mask[j + 1] else IGNORE_INDEX for j in range(n - 1)]
+    assert padded[: n - 1] == expected and padded[n - 1] == tok.pad_id  # the collate's, trained
+    assert packed.tolist() == padded
+    # cut inside the last answer: the mask is kept, the cut's next token is the last target
+    (cut,) = truncate_examples([ex], n - 2, "train")
+    targets = collate_sft([cut], tok.pad_id, mask_prompt=True)["targets"][0].tolist()
+    assert targets == expected[: n - 3] + [ex.ids[n - 2]]
+
+
 def test_masks_equal_transformers_generation_markers(tmp_path) -> None:
     folder = byte_level_folder("chatml", tmp_path / "g", CHATML_GENERATION_TEMPLATE)
     tok, hf = tokenizer_from_hf_json(folder), AutoTokenizer.from_pretrained(folder)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tunelab.data.sft import IGNORE_INDEX, Example, example_items
+from tunelab.data.sft import IGNORE_INDEX, Example, apply_turn_mask, example_items
 
 
 def assign_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -95,6 +95,8 @@ def collate_packed(
             tgt = seq[1:].clone()
             if mask_prompt and prompt_len > 1:
                 tgt[: prompt_len - 1] = ignore_index
+            if mask_prompt and isinstance(batch[i], Example) and batch[i].mask is not None:
+                apply_turn_mask(tgt, batch[i], ignore_index)
             targets[r, span] = tgt
             positions[r, span] = torch.arange(n)
             doc_ids[r, span] = i

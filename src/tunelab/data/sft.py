@@ -36,6 +36,18 @@ class Example:
     # targets it (as the book's collate does), never end-of-text, so the model does not learn to
     # stop mid-answer.
     next_id: int | None = None
+    # Per token of `ids` (and of `next_id`): trained with mask_prompt. Set for multi-turn
+    # examples of prompt style `model` (every assistant turn trained); None: from prompt_len on.
+    mask: list[bool] | None = None
+
+
+def apply_turn_mask(targets: torch.Tensor, ex: Example, ignore_index: int) -> None:
+    """Mask, in one example's targets (`targets[j]` predicts token j + 1), every token that
+    `ex.mask` does not train; the end-of-text target the collate appends stays trained."""
+    n = len(ex.ids)
+    flags = list(ex.mask[1 : n + 1])
+    flags += [True] * (n - len(flags))
+    targets[:n][~torch.tensor(flags, dtype=torch.bool)] = ignore_index
 
 
 def example_items(
@@ -54,6 +66,14 @@ def encode_example(
     """Token ids of prompt + answer. `prompt_len` (what `mask_prompt` hides) covers the whole
     prompt, or, with `mask_response_header=False`, the prompt without its response header (the
     book's exercise 7.2 masks `format_input` only, so it trains on `### Response:`)."""
+    if getattr(style, "trains_every_turn", False):  # prompt style `model`: multi-turn masks
+        if not mask_response_header:
+            raise ValueError("data.mask_response_header=false needs a fixed prompt style")
+        ids, trained = style.encode_sft(record, tokenizer)
+        if ids and ids[-1] == tokenizer.eos_id:
+            ids, trained = ids[:-1], trained[:-1]  # the collate appends end-of-text itself
+        first = trained.index(True) if True in trained else len(ids)
+        return Example(ids, first, record, mask=trained)
     prompt_ids = style.encode_prompt(record, tokenizer)  # record text never becomes specials
     answer_ids = style.encode_answer(record.output, tokenizer)
     if answer_ids and answer_ids[-1] == tokenizer.eos_id:
@@ -92,7 +112,7 @@ def truncate_examples(examples: list[Example], max_length: int | None, split: st
                 dropped += 1
                 continue
             cut += 1
-            ex = Example(ex.ids[:max_length], ex.prompt_len, ex.record, ex.ids[max_length])
+            ex = Example(ex.ids[:max_length], ex.prompt_len, ex.record, ex.ids[max_length], ex.mask)
         out.append(ex)
     if cut:
         log.warning(
@@ -138,6 +158,8 @@ def collate_sft(
         targets[row, :n] = seq[1:]
         if mask_prompt and prompt_len > 1:
             targets[row, : prompt_len - 1] = ignore_index
+        if mask_prompt and isinstance(batch[row], Example) and batch[row].mask is not None:
+            apply_turn_mask(targets[row], batch[row], ignore_index)
     return {"input_ids": inputs, "targets": targets}
 
 
