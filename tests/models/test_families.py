@@ -38,8 +38,23 @@ LONGROPE = dict(
     long_factor=[1.0, 2.0, 3.5, 6.0],
 )
 
+GPT2 = dict(
+    vocab_size=VOCAB,
+    n_embd=64,
+    n_inner=96,
+    n_layer=3,
+    n_head=4,
+    n_positions=512,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    bos_token_id=None,
+    eos_token_id=None,
+)
+
 # family -> (config class name, config kwargs)
 FAMILIES = {
+    "gpt2": ("GPT2Config", {}),
     "llama": ("LlamaConfig", {}),
     "llama3_rope_biases": (
         "LlamaConfig",
@@ -104,7 +119,8 @@ FAMILIES = {
 
 def _hf_model(family: str):
     cls_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cls_name)(**{**SMALL, **extra})
+    base = GPT2 if cls_name == "GPT2Config" else SMALL
+    cfg = getattr(transformers, cls_name)(**{**base, **extra})
     torch.manual_seed(sum(map(ord, family)))
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     with torch.no_grad():
@@ -177,7 +193,7 @@ def test_one_sft_step_loss_and_every_gradient_equal_transformers(pair):
     plan = gpt2_plan(cfg) if cfg.family == "gpt2" else llama_plan(cfg, model_type == "phi3")
     got = _hf_grads(plan, ours)
     hf_grads = {
-        name.removeprefix("model."): p.grad
+        name.removeprefix("model.").removeprefix("transformer."): p.grad
         for name, p in hf.named_parameters()
         if p.grad is not None
     }

@@ -189,3 +189,14 @@ def test_packed_rows_through_the_varlen_path_keep_windows_and_scale(monkeypatch)
     varlen = model(ids, positions=positions, doc_ids=doc_ids)
     real = doc_ids >= 0
     torch.testing.assert_close(varlen[real], masked[real], atol=1e-5, rtol=1e-5)
+
+
+def test_pytorch_model_bin_folder_loads_like_safetensors(folder, tmp_path):
+    path, _ = folder
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "config.json").write_text((path / "config.json").read_text())
+    torch.save(load_file(str(path / "model.safetensors")), binary / "pytorch_model.bin")
+    ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(load_hf_folder(binary)(ids), load_hf_folder(path)(ids))
