@@ -69,7 +69,8 @@ class ChatModel:
         if params.num_ctx is None:
             if len(ids) >= self.context:
                 raise RequestError(
-                    f"the prompt is {len(ids)} tokens; this model's context is {self.context} "
+                    f"messages: the prompt is {len(ids)} tokens; this model's context is "
+                    f"{self.context} "
                     "tokens",
                     param="messages",
                 )
@@ -87,7 +88,7 @@ class ChatModel:
         keep = window - min(params.max_new_tokens, window // 2)
         if len(ids) > keep and not params.truncate:
             raise RequestError(
-                f"the prompt is {len(ids)} tokens; options.num_ctx={params.num_ctx} leaves "
+                f"options.num_ctx: the prompt is {len(ids)} tokens; num_ctx={params.num_ctx} leaves "
                 f"{keep} for it (truncate is false)",
                 param="options.num_ctx",
             )
