@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -116,3 +117,20 @@ def test_entry_point_prints_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "error: format='safetensors': unknown; expected one of hf, gguf, ollama, peft\n"
     )
+
+
+def test_prompt_style_model_writes_the_models_own_template(tmp_path):
+    import dataclasses
+
+    from tests.exporters.conftest import save_checkpoint, tiny_model, tiny_tokenizer
+
+    own = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    tok = dataclasses.replace(tiny_tokenizer(), chat_template=own)
+    ckpt = save_checkpoint(
+        tiny_model("tiny-llama", vocab_size=512), tok, "model", tmp_path / "m.ckpt"
+    )
+    out = export_model(str(ckpt), "hf", tmp_path / "hf")
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == own
+    with pytest.raises(ValueError, match="prompt style 'model' .* has no Go-template translation"):
+        export_model(str(ckpt), "ollama", tmp_path / "ol")
+    assert not (tmp_path / "ol").exists()

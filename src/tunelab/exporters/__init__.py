@@ -73,7 +73,7 @@ def export_model(
     from tunelab.exporters.families import family_export
     from tunelab.exporters.gguf import write_gguf
     from tunelab.exporters.hf import parse_size, write_hf
-    from tunelab.exporters.ollama import GGUF_NAME, write_modelfile
+    from tunelab.exporters.ollama import GGUF_NAME, modelfile, write_modelfile
     from tunelab.models import load_pretrained
     from tunelab.models.lora import has_lora, merge_lora
 
@@ -92,6 +92,8 @@ def export_model(
     entry = family_export(model.cfg, fmt)
     style = get_style(loaded.prompt_style, tokenizer)
     templates = chat_templates(style)
+    if fmt == "ollama":
+        modelfile(style, templates, tokenizer)  # refuses before any file is written
     with atomic_folder(out, overwrite) as tmp:
         if fmt == "hf":
             write_hf(model, tokenizer, templates, entry, tmp, dtype or "float32", shard_bytes)

@@ -26,7 +26,7 @@ ALPACA_PREAMBLE = (
 @dataclass(frozen=True)
 class ChatTemplates:
     jinja: str
-    go: str
+    go: str | None  # None: no Go translation (a model's own Jinja template)
     system: str | None  # the style's default system text (Ollama's SYSTEM); None: none
 
 
@@ -96,7 +96,15 @@ _BUILDERS = {Alpaca: _alpaca, Phi3: _phi3, ChatML: _chatml}
 
 
 def chat_templates(style: PromptStyle) -> ChatTemplates:
-    """The Jinja and Go templates of a prompt style (refused for styles not translated yet)."""
+    """The Jinja and Go templates of a prompt style (refused for styles not translated yet).
+
+    Prompt style `model` (the checkpoint's own Jinja template) is written as it is; it has no
+    Go translation, so an Ollama export of it is refused.
+    """
+    from tunelab.data.template_style import ModelTemplate
+
+    if isinstance(style, ModelTemplate):
+        return ChatTemplates(style.template, None, None)
     builder = _BUILDERS.get(type(style))
     if builder is None:
         raise ValueError(

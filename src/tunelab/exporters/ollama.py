@@ -30,6 +30,11 @@ def _quoted(key: str, value: str) -> str:
 
 
 def modelfile(style: PromptStyle, templates: ChatTemplates, tokenizer: Tokenizer) -> str:
+    if templates.go is None:
+        raise ValueError(
+            f"format=ollama: prompt style {style.name!r} (the model's own Jinja template) has no "
+            "Go-template translation; pass prompt_style=alpaca|chatml|phi3|smollm2"
+        )
     lines = [
         f"# Prompt style {style.name!r}, exported by tunelab. Then: ollama create my-model -f Modelfile",
         f"FROM ./{GGUF_NAME}",
