@@ -7,8 +7,9 @@ mode=single (default): answer the test split with a checkpoint (or take an exist
   unless `data=...` is given on the command line or `data_from_run=false`.
 mode=pairwise: `responses_a=... responses_b=...` (e.g. base vs fine-tuned) judged in both
   position orders; writes pairwise.json and metrics.json (wins/ties/losses for run a).
-mode=choice: multiple choice by log-likelihood on `data=mc_*` (choice.json); see
-  tunelab.evaluation.
+mode=choice: multiple choice by log-likelihood on `data=mc_*` (choice.json); mode=reward:
+  RewardBench-style accuracy of `reward_model=`, `policy=` (DPO implicit reward) and the judge
+  on preference pairs (reward_eval.json); see tunelab.evaluation.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def _evaluation_modes() -> dict[str, Any]:
     """Modes whose logic lives in tunelab.evaluation (multiple choice, harness, reward)."""
     from tunelab.evaluation import entry
 
-    return {"choice": entry.run_choice}
+    return {"choice": entry.run_choice, "reward": entry.run_reward}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

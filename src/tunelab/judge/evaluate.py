@@ -157,6 +157,8 @@ def judge_answers(
     judge: Judge, records: list[Record], answers: list[str], chunk: int = 8
 ) -> list[dict[str, Any]]:
     """One row per record: score, status, the judge's raw text and any request error."""
+    if hasattr(judge.backend, "score_answers"):  # judge=reward scores (record, answer) itself
+        return judge.backend.score_answers(records, answers)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(records), chunk):
         recs = records[start : start + chunk]
