@@ -1,8 +1,10 @@
-"""Hugging Face-format folders (config.json + model.safetensors / pytorch_model.bin).
+"""Hugging Face-format folders (config.json + model.safetensors, shards or pytorch_model.bin).
 
-GPT-2 folders store attention and MLP weights as `Conv1D` (in, out): transposed relative to
-`nn.Linear`. Llama folders store q/k/v separately; tunelab fuses them into one `qkv` projection.
-Sizes always come from the folder's own config.json, never from a guess.
+`load_hf_folder` reads config.json strictly (hf_config.py: every key implemented, harmless or
+refused) and streams the weights into a meta-built model (hf_weights.py). The whole-state name
+maps below serve the GGUF loader, checkpoints and exporters: GPT-2 folders store attention and MLP
+weights as `Conv1D` (in, out), transposed relative to `nn.Linear`; Llama folders store q/k/v
+separately, which tunelab fuses into one `qkv` projection.
 """
 
 from __future__ import annotations
