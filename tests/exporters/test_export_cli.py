@@ -97,9 +97,9 @@ def test_bad_options_are_one_line_errors(kwargs, message, tiny_ckpt, tmp_path):
 
 
 def test_families_and_sources_the_format_cannot_express(tiny_ckpt, tmp_path):
-    _, _, ckpt = tiny_ckpt("tiny-llama", qk_norm="head")
+    _, _, ckpt = tiny_ckpt("tiny-llama", final_logit_softcapping=30.0)
     with pytest.raises(
-        ValueError, match="no hf export for a llama-family model with qk_norm='head'"
+        ValueError, match="no hf export for a llama-family model with final_logit_softcapping=30.0"
     ):
         export_model(str(ckpt), "hf", tmp_path / "a")
     with pytest.raises(ValueError, match="a preset without weights"):

@@ -1,8 +1,10 @@
 """One table entry per model family: how its config and weights are written for each format.
 
-An entry reuses the loaders' name maps in the export direction (`tunelab_to_gpt2`,
-`tunelab_to_llama`) and llama.cpp's own tensor-name table (`gguf.get_tensor_name_map`, the one
-`convert_hf_to_gguf.py` uses) for GGUF names. A config trait an entry does not write (a `Config`
+An entry reuses the HF loader's weight plans (`gpt2_plan`, `llama_plan`: HF tensor -> tunelab
+tensor rows) in the export direction, `tunelab_to_llama` / `gpt2_name_map` for GGUF, and
+llama.cpp's own tensor-name table (`gguf.get_tensor_name_map`, the one `convert_hf_to_gguf.py`
+uses) for GGUF names. The config.json an entry writes is read back by tunelab's strict reader
+(`loaders/hf_config.py`) into the same `Config`, which the tests check. A config trait an entry does not write (a `Config`
 field away from what the family's basic fields imply) is refused, so a family or trait added to
 the decoder later cannot be exported silently wrong.
 """
@@ -18,7 +20,8 @@ import gguf
 import torch
 
 from tunelab.models.config import Config
-from tunelab.models.loaders.hf import gpt2_name_map, tunelab_to_gpt2, tunelab_to_llama
+from tunelab.models.loaders.hf import gpt2_name_map, tunelab_to_llama
+from tunelab.models.loaders.hf_weights import Entry, gpt2_plan, llama_plan
 
 State = dict[str, torch.Tensor]
 
@@ -55,6 +58,26 @@ class FamilyExport:
     check: Callable[[Config], list[str]]  # what this entry cannot write, as phrases
     requires: dict[str, Any] = dataclasses.field(default_factory=dict)  # traits identifying it
     writes: tuple[str, ...] = ()  # further traits it writes, whatever their value
+
+
+def state_from_plan(plan: dict[str, Entry], state: State, prefix: str, tied: bool) -> State:
+    """The HF tensors a loader plan reads, rebuilt from tunelab's (rows, transposes, fusions)."""
+    out: State = {}
+    for name, entry in plan.items():
+        if tied and any(t.check_equal for t in entry.targets):
+            continue  # a tied head: HF folders leave it out
+        parts = []
+        for target in sorted(entry.targets, key=lambda t: (t.src_rows or (0, 0))[0]):
+            w = state[target.dest]
+            if target.dest_rows is not None:
+                w = w[target.dest_rows[0] : target.dest_rows[1]]
+            parts.append(w.t() if target.transpose else w)
+        tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        if tuple(tensor.shape) != entry.shape:
+            raise ValueError(f"export: {name} rebuilt as {tuple(tensor.shape)}, not {entry.shape}")
+        key = name if name == "lm_head.weight" else prefix + name
+        out[key] = tensor.contiguous().clone()
+    return out
 
 
 # -- GPT-2 ----------------------------------------------------------------------------------
@@ -94,7 +117,11 @@ def _gpt2_hf_config(cfg: Config) -> dict[str, Any]:
 
 
 def _gpt2_hf_state(state: State, cfg: Config) -> State:
-    return {f"transformer.{k}": v for k, v in tunelab_to_gpt2(state, cfg).items()}
+    return state_from_plan(gpt2_plan(cfg), state, "transformer.", tied=True)
+
+
+def _llama_hf_state(state: State, cfg: Config) -> State:
+    return state_from_plan(llama_plan(cfg), state, "model.", cfg.tie_embeddings)
 
 
 def _gpt2_gguf_state(state: State, cfg: Config) -> State:
@@ -115,13 +142,22 @@ def _gpt2_gguf_hparams(w: gguf.GGUFWriter, cfg: Config) -> None:
 
 
 def _llama_check(cfg: Config) -> list[str]:
+    if cfg.qkv_bias != cfg.attn_out_bias:
+        return [f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias}"]
     return []
 
 
-def _llama_hf_config(cfg: Config) -> dict[str, Any]:
+def _layer_types(cfg: Config) -> list[str]:
+    return [
+        "sliding_attention" if cfg.layer_window(i) is not None else "full_attention"
+        for i in range(cfg.n_layer)
+    ]
+
+
+def _llama_hf_config(cfg: Config, model_type: str = "llama") -> dict[str, Any]:
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [f"{MODEL_CLASSES[model_type]}ForCausalLM"],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
         "intermediate_size": cfg.intermediate_size,
@@ -135,13 +171,42 @@ def _llama_hf_config(cfg: Config) -> dict[str, Any]:
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
         "rope_scaling": None,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
+        "attention_bias": bool(cfg.qkv_bias),
+        "mlp_bias": bool(cfg.mlp_bias),
         "hidden_act": "silu",
-        "attention_dropout": cfg.dropout,
-        "pretraining_tp": 1,
+        "attention_dropout": 0.0,  # tunelab's dropout is a training knob, not the model's
         "use_cache": True,
     }
+
+
+def _mistral_hf_config(cfg: Config) -> dict[str, Any]:
+    out = _llama_hf_config(cfg, "mistral")
+    del out["attention_bias"], out["mlp_bias"]
+    return {**out, "sliding_window": cfg.sliding_window}
+
+
+def _qwen2_hf_config(cfg: Config) -> dict[str, Any]:
+    out = _llama_hf_config(cfg, "qwen2")
+    del out["attention_bias"], out["mlp_bias"]
+    return {**out, **_qwen_windows(cfg)}
+
+
+def _qwen3_hf_config(cfg: Config) -> dict[str, Any]:
+    out = _llama_hf_config(cfg, "qwen3")
+    del out["mlp_bias"]
+    return {**out, **_qwen_windows(cfg)}
+
+
+def _qwen_windows(cfg: Config) -> dict[str, Any]:
+    return {
+        "use_sliding_window": cfg.sliding_window is not None,
+        "sliding_window": cfg.sliding_window,
+        "max_window_layers": cfg.n_layer,
+        "layer_types": _layer_types(cfg),
+    }
+
+
+MODEL_CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
 def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -193,11 +258,59 @@ FAMILIES: list[FamilyExport] = [
         "llama",
         "llama",
         _llama_hf_config,
-        tunelab_to_llama,
+        _llama_hf_state,
         gguf.MODEL_ARCH.LLAMA,
         _llama_gguf_hparams,
         _llama_gguf_state,
         _llama_check,
+    ),
+    # HF folders only: tunelab's GGUF reader takes the llama architecture alone, so a GGUF of
+    # these could not be checked by reading it back.
+    FamilyExport(
+        "llama",  # attention / MLP biases (Llama's attention_bias, mlp_bias)
+        "llama",
+        _llama_hf_config,
+        _llama_hf_state,
+        None,
+        _llama_gguf_hparams,
+        _llama_gguf_state,
+        _llama_check,
+        writes=("qkv_bias", "attn_out_bias", "mlp_bias"),
+    ),
+    FamilyExport(
+        "mistral",
+        "llama",
+        _mistral_hf_config,
+        _llama_hf_state,
+        None,
+        _llama_gguf_hparams,
+        _llama_gguf_state,
+        _llama_check,
+        writes=("sliding_window",),
+    ),
+    FamilyExport(
+        "qwen2",
+        "llama",
+        _qwen2_hf_config,
+        _llama_hf_state,
+        None,
+        _llama_gguf_hparams,
+        _llama_gguf_state,
+        lambda cfg: [],
+        requires={"qkv_bias": True, "attn_out_bias": False},
+        writes=("sliding_window", "sliding_window_layers"),
+    ),
+    FamilyExport(
+        "qwen3",
+        "llama",
+        _qwen3_hf_config,
+        _llama_hf_state,
+        None,
+        _llama_gguf_hparams,
+        _llama_gguf_state,
+        _llama_check,
+        requires={"qk_norm": "head"},
+        writes=("qkv_bias", "attn_out_bias", "sliding_window", "sliding_window_layers"),
     ),
 ]
 

@@ -1,0 +1,52 @@
+"""format=hf for the Llama-layout families beyond Llama (one table entry each): transformers
+gives the same logits, tunelab reads the folder back into the same Config and weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.exporters.conftest import save_checkpoint, tiny_model, tiny_tokenizer
+from tunelab.exporters import export_model
+from tunelab.models import load_pretrained
+
+FAMILIES = {
+    # model_type: Config traits (tiny-llama shape: 2 layers, 4 heads / 2 kv heads, width 64)
+    "llama": dict(qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=False),
+    "mistral": dict(sliding_window=5),
+    "qwen2": dict(qkv_bias=True, attn_out_bias=False, sliding_window=5, sliding_window_layers=[1]),
+    "qwen3": dict(qk_norm="head", head_dim=32),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_family_hf_export_matches_transformers(model_type, tmp_path):
+    model = tiny_model("tiny-llama", vocab_size=512, **FAMILIES[model_type])
+    ckpt = save_checkpoint(model, tiny_tokenizer(), "chatml", tmp_path / "m.ckpt")
+    out = export_model(str(ckpt), "hf", tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["model_type"] == model_type
+    x = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(5))
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(x)
+        assert (hf(x).logits - ref).abs().max().item() <= 1e-4
+        back = load_pretrained(str(out)).model
+        assert torch.equal(back(x), ref)
+    for key, value in FAMILIES[model_type].items():
+        assert getattr(back.cfg, key) == value
+    with pytest.raises(ValueError, match="no gguf export for a llama-family model with"):
+        export_model(str(ckpt), "gguf", tmp_path / "g")
+
+
+def test_traits_no_entry_writes_are_refused(tmp_path):
+    model = tiny_model(
+        "tiny-llama", vocab_size=512, qkv_bias=True, attn_out_bias=False, mlp_bias=True
+    )
+    ckpt = save_checkpoint(model, tiny_tokenizer(), "chatml", tmp_path / "m.ckpt")
+    with pytest.raises(
+        ValueError, match="the llama export cannot express qkv_bias=True with attn_out_bias=False"
+    ):
+        export_model(str(ckpt), "hf", tmp_path / "hf")
