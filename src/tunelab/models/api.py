@@ -34,6 +34,7 @@ def load_pretrained(
     seed: int | None = None,
     context_length: int | None = None,
     lora: dict | None = None,
+    untie_embeddings: bool = False,
 ) -> LoadedModel:
     """Load a model and its tokenizer.
 
@@ -43,6 +44,8 @@ def load_pretrained(
     prompt_style: override the style saved with the checkpoint / the model's default.
     lora: LoRA settings (rank, alpha, dropout, targets; `tunelab.models.lora.LoRAConfig`): the
     model is frozen and gets adapters. A LoRA checkpoint as source is merged first.
+    untie_embeddings: give a tied LM head its own copy of the token embedding, so the two train
+    apart, as in the book (its weight loader copies GPT-2's `wte` into a separate `out_head`).
     """
     from tunelab.models.loaders.checkpoint import load_tunelab_checkpoint
 
@@ -84,6 +87,8 @@ def load_pretrained(
         _set_dropout(model, dropout)
     if context_length is not None:
         model.cfg.context_length = min(model.cfg.context_length, context_length)
+    if untie_embeddings:
+        untie_lm_head(model)
     if lora is not None:
         from tunelab.models.lora import apply_lora, has_lora, merge_lora
 
@@ -115,6 +120,15 @@ def _hf_folder_tokenizer(path: Path, cfg: Config) -> Tokenizer:
     if cfg.family == "gpt2":
         return tokenizer_by_name("gpt2")
     raise FileNotFoundError(f"{path}: no tokenizer.json beside the weights")
+
+
+def untie_lm_head(model: Decoder) -> None:
+    """An LM head tied to the token embedding gets its own parameter (a copy of it)."""
+    if not model.cfg.tie_embeddings:
+        return
+    weight = model.wte.weight
+    model.lm_head.weight = torch.nn.Parameter(weight.detach().clone(), weight.requires_grad)
+    model.cfg.tie_embeddings = False
 
 
 def _set_dropout(model: Decoder, p: float) -> None:
