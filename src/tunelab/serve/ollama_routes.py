@@ -63,7 +63,6 @@ def keep_alive(value: Any, name: str) -> Any:
     return value
 
 
-_NO = " in tunelab"
 OPTIONS = {
     "num_predict": num_predict,
     "num_ctx": integer(1),
@@ -73,13 +72,13 @@ OPTIONS = {
     "seed": seed,
     "stop": stops(),
     # sampling that tunelab does not implement: only the neutral value
-    "min_p": neutral(number(0, 1), 0.0, why=_NO),
-    "typical_p": neutral(number(0, 1), 1.0, why=_NO),
-    "tfs_z": neutral(number(0), 1.0, why=_NO),
-    "repeat_penalty": neutral(number(0), 1.0, why=_NO),
-    "presence_penalty": neutral(number(-2, 2), 0.0, why=_NO),
-    "frequency_penalty": neutral(number(-2, 2), 0.0, why=_NO),
-    "mirostat": neutral(integer(0, 2), 0, why=_NO),
+    "min_p": neutral(number(0, 1), 0.0),
+    "typical_p": neutral(number(0, 1), 1.0),
+    "tfs_z": neutral(number(0), 1.0),
+    "repeat_penalty": neutral(number(0), 1.0),
+    "presence_penalty": neutral(number(-2, 2), 0.0),
+    "frequency_penalty": neutral(number(-2, 2), 0.0),
+    "mirostat": neutral(integer(0, 2), 0),
     "num_keep": neutral(integer(-1), 0, why=": the prompt is truncated from the left"),
     # knobs of the repeat penalty and mirostat, which are off
     "repeat_last_n": integer(-1),

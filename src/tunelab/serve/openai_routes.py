@@ -41,8 +41,6 @@ from tunelab.serve.validation import (
     string,
 )
 
-_NO = " in tunelab"
-
 
 def metadata(value: Any, name: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -63,8 +61,8 @@ FIELDS = {
     "stop": stops(max_items=4),
     "stream": boolean,
     "stream_options": obj({"include_usage": boolean, "include_obfuscation": boolean}),
-    "frequency_penalty": neutral(number(-2, 2), 0.0, why=_NO),
-    "presence_penalty": neutral(number(-2, 2), 0.0, why=_NO),
+    "frequency_penalty": neutral(number(-2, 2), 0.0),
+    "presence_penalty": neutral(number(-2, 2), 0.0),
     "logit_bias": empty,
     "logprobs": neutral(boolean, False),
     "top_logprobs": neutral(integer(0, 20), 0),
