@@ -60,6 +60,7 @@ def test_abandoned_queued_requests_generate_nothing(served, path, body):
     _settled(chat_model)
     # The 10 abandoned requests generated nothing: only the new one's 5 tokens were made.
     assert chat_model.tokens_generated - before == 5
+    assert chat_model.abandoned == abandoned + 10  # each counted once
 
 
 def test_abandoned_streams_stop_between_two_tokens(served):

@@ -63,9 +63,11 @@ def ollama_error(status: int, message: str, param: str | None = None) -> JSONRes
     )
 
 
-def gone(ctx: ServeContext) -> Response:
-    """Nobody is listening any more (nginx's 499 "client closed request")."""
-    ctx.chat_model.abandoned += 1
+def gone(ctx: ServeContext, before_generation: bool = False) -> Response:
+    """Nobody is listening any more (nginx's 499 "client closed request"). A generation that was
+    started counted its abandonment when it was cancelled."""
+    if before_generation:
+        ctx.chat_model.abandoned += 1
     return Response(status_code=499)
 
 

@@ -188,7 +188,7 @@ async def chat(request: Request) -> Response:
     except RequestError as e:
         return ollama_error(e.status, str(e), e.param)
     except ClientGone:
-        return gone(ctx)
+        return gone(ctx, before_generation=True)
     if body.get("stream", True) is not False:  # Ollama streams unless told not to
         lines = _lines(request, ctx, prompt, params, started)
         return StreamingResponse(lines, media_type="application/x-ndjson")

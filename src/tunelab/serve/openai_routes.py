@@ -118,7 +118,7 @@ async def chat_completions(request: Request) -> Response:
     except RequestError as e:
         return openai_error(e.status, str(e), e.param)
     except ClientGone:
-        return gone(ctx)
+        return gone(ctx, before_generation=True)
     meta = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "created": int(time.time()),
