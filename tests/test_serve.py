@@ -184,3 +184,23 @@ def test_serve_entry_point_on_loopback_with_token(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("max_new_tokens", 0, "serve: max_new_tokens must be an integer >= 1, got 0"),
+        ("max_request_bytes", "big", "serve: max_request_bytes must be an integer >= 1"),
+        ("temperature", 3, "serve: temperature must be a number in [0, 2], got 3"),
+        ("request_timeout", 0, "serve: request_timeout must be a number of seconds > 0, got 0"),
+    ],
+)
+def test_bad_serve_settings_are_one_line(loaded, key, value, message):
+    from omegaconf import OmegaConf
+
+    from tunelab.serve import settings_from_config
+
+    cfg = {"max_new_tokens": 4, "max_request_bytes": 100, "token_env": None, key: value}
+    with pytest.raises(ValueError) as info:
+        settings_from_config(OmegaConf.create(cfg), loaded)
+    assert str(info.value).startswith(message)
