@@ -9,7 +9,8 @@ mode=pairwise: `responses_a=... responses_b=...` (e.g. base vs fine-tuned) judge
   position orders; writes pairwise.json and metrics.json (wins/ties/losses for run a).
 mode=choice: multiple choice by log-likelihood on `data=mc_*` (choice.json); mode=reward:
   RewardBench-style accuracy of `reward_model=`, `policy=` (DPO implicit reward) and the judge
-  on preference pairs (reward_eval.json); see tunelab.evaluation.
+  on preference pairs (reward_eval.json); mode=harness: lm-evaluation-harness `tasks=[...]`
+  with the checkpoint as an lm_eval model (harness.json); see tunelab.evaluation.
 """
 
 from __future__ import annotations
@@ -188,7 +189,11 @@ def _evaluation_modes() -> dict[str, Any]:
     """Modes whose logic lives in tunelab.evaluation (multiple choice, harness, reward)."""
     from tunelab.evaluation import entry
 
-    return {"choice": entry.run_choice, "reward": entry.run_reward}
+    return {
+        "choice": entry.run_choice,
+        "reward": entry.run_reward,
+        "harness": entry.run_harness_mode,
+    }
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -201,4 +202,40 @@ def run_reward(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         },
     )
     metrics["reward/pairs"] = float(len(pairs))
+    return metrics
+
+
+def run_harness_mode(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    try:
+        from tunelab.evaluation.harness import run_harness
+    except ImportError as e:
+        raise ValueError(
+            f"mode=harness needs lm-evaluation-harness: pip install 'tunelab[harness]' ({e})"
+        ) from None
+    tasks = cfg.get("tasks")
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError("mode=harness: give tasks=[hellaswag,mmlu] (lm_eval task names)")
+    loaded = _load(cfg)
+    results = run_harness(
+        loaded,
+        list(tasks),
+        cfg.get("harness_include"),
+        cfg.get("num_fewshot"),
+        cfg.get("limit"),
+        int(cfg.batch_size),
+    )
+    per_task = results.get("results", {})
+    write_json_atomic(
+        output_dir / "harness.json",
+        json.loads(json.dumps({"results": per_task, "model": loaded.source}, default=str)),
+    )
+    metrics = {}
+    for task, values in per_task.items():
+        for key, value in values.items():
+            name, _, filt = key.partition(",")
+            if isinstance(value, int | float) and not isinstance(value, bool) and filt:
+                metrics[f"harness/{task}/{name}"] = float(value)
+                log.info("harness %s %s: %.4f", task, name, value)
     return metrics
