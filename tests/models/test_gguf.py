@@ -98,7 +98,7 @@ def test_config_matches_preset(smollm2) -> None:
     assert cfg.tokenizer == "gguf"
     assert model.lm_head.weight is model.wte.weight  # tied, as the file has no output.weight
     assert 130e6 < model.num_parameters < 140e6
-    assert seconds < 60
+    assert seconds < 240  # a gross-regression guard: ~2 s idle, ~90 s with 20 jobs on 2 cores
 
 
 def test_forward_gives_finite_logits(smollm2) -> None:
@@ -473,10 +473,11 @@ def test_tiny_gguf_dequantizes(tmp_path, qtype) -> None:
 
 
 def test_unsupported_architecture_is_named(tmp_path) -> None:
-    path = _write_gguf(tmp_path / "qwen.gguf", None, arch="qwen2")
-    with pytest.raises(ValueError, match=r"qwen\.gguf.*architecture 'qwen2'"):
+    path = _write_gguf(tmp_path / "falcon.gguf", None, arch="falcon")
+    with pytest.raises(ValueError, match=r"falcon\.gguf.*architecture 'falcon'.*qwen2") as err:
         load_gguf(path)
-    with pytest.raises(ValueError, match="qwen2"):
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="falcon"):
         config_from_gguf(GGUFReader(path))
 
 

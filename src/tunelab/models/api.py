@@ -65,6 +65,11 @@ def load_pretrained(
             log.warning(
                 "model %s: preset shape with random initialisation (no weights given)", source
             )
+    elif source.startswith("ollama:"):  # a model in Ollama's store (loaders/ollama.py)
+        from tunelab.models.loaders.gguf import load_gguf
+        from tunelab.models.loaders.ollama import resolve
+
+        model, tokenizer = load_gguf(resolve(source))
     elif path.suffix == ".gguf":
         from tunelab.models.loaders.gguf import load_gguf
 

