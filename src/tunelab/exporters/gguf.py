@@ -50,6 +50,11 @@ def _encode(arr: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q]:
 def _add_tokenizer(
     w: gguf.GGUFWriter, tokenizer: Tokenizer, vocab_size: int, templates: ChatTemplates
 ) -> None:
+    if tokenizer.kind != "tiktoken":
+        raise ValueError(
+            f"format=gguf: tokenizer {tokenizer.name!r} is a {tokenizer.kind}-library pipeline "
+            "(SentencePiece kinds); tunelab writes byte-level BPE tokenizers to GGUF only"
+        )
     vocab = vocabulary(tokenizer, vocab_size)
     if vocab.pretokenizer not in GGUF_PRE:
         raise ValueError(

@@ -17,6 +17,7 @@ import torch
 from tunelab.exporters.chat_templates import ChatTemplates
 from tunelab.exporters.families import FamilyExport
 from tunelab.exporters.tokenizer_files import (
+    library_tokenizer,
     tokenizer_config,
     tokenizer_json,
     vocabulary,
@@ -89,7 +90,13 @@ def write_hf(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     cfg = model.cfg
-    vocab = vocabulary(tokenizer, cfg.vocab_size)
+    if tokenizer.kind == "tiktoken":
+        vocab = vocabulary(tokenizer, cfg.vocab_size)
+        tok_json = json.dumps(tokenizer_json(vocab), ensure_ascii=False)
+        tok_config = tokenizer_config(vocab.tokens.__getitem__, tokenizer, templates.jinja, cfg)
+    else:  # a `tokenizers` pipeline (SentencePiece kinds): written as tunelab runs it
+        tok_json, token_text = library_tokenizer(tokenizer)
+        tok_config = tokenizer_config(token_text, tokenizer, templates.jinja, cfg)
     ids = {
         "bos_token_id": tokenizer.bos_id,
         "eos_token_id": tokenizer.eos_id,
@@ -111,8 +118,5 @@ def write_hf(
         for k, v in entry.hf_state(model.state_dict(), cfg).items()
     }
     write_weights(state, folder, max_shard_size)
-    _json(folder / "tokenizer.json", tokenizer_json(vocab), indent=None)  # 50k-entry tables
-    _json(
-        folder / "tokenizer_config.json",
-        tokenizer_config(vocab, tokenizer, templates.jinja, cfg.context_length),
-    )
+    (folder / "tokenizer.json").write_text(tok_json + "\n", encoding="utf-8")
+    _json(folder / "tokenizer_config.json", tok_config)

@@ -17,6 +17,7 @@ character that needs a missing byte, Hugging Face drops only the byte.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,10 +151,6 @@ def _pre_tokenizer_json(vocab: Vocabulary) -> dict[str, Any]:
     }
 
 
-def token_text(vocab: Vocabulary, token_id: int | None) -> str | None:
-    return None if token_id is None else vocab.tokens[token_id]
-
-
 def tokenizer_json(vocab: Vocabulary) -> dict[str, Any]:
     """A Hugging Face `tokenizer.json` (byte-level BPE) reproducing tunelab's ids."""
     added = [
@@ -198,16 +195,31 @@ def tokenizer_json(vocab: Vocabulary) -> dict[str, Any]:
     }
 
 
+def library_tokenizer(tokenizer: Tokenizer) -> tuple[str, Callable[[int], str]]:
+    """(tokenizer.json text, id -> token) of a `tokenizers`-library tokenizer, as tunelab runs it
+    (the pipeline after transformers' class adjustments, see models/tokenizers/library.py)."""
+    enc = tokenizer.encoding
+    inner = getattr(enc, "_tok", None)
+    text = getattr(enc, "_json", None)
+    if inner is None or text is None:
+        raise ValueError(f"tokenizer {tokenizer.name!r}: cannot be written as tokenizer.json")
+    return text, inner.id_to_token
+
+
 def tokenizer_config(
-    vocab: Vocabulary, tokenizer: Tokenizer, chat_template: str, max_length: int
+    token: Callable[[int], str], tokenizer: Tokenizer, chat_template: str, cfg: Any
 ) -> dict[str, Any]:
     """`tokenizer_config.json`: special tokens, no BOS/EOS added when encoding, the template."""
+
+    def text(i: int | None) -> str | None:
+        return None if i is None else token(i)
+
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": max_length,
-        "bos_token": token_text(vocab, tokenizer.bos_id),
-        "eos_token": token_text(vocab, tokenizer.eos_id),
-        "pad_token": token_text(vocab, tokenizer.pad_id),
+        "model_max_length": cfg.context_length,
+        "bos_token": text(tokenizer.bos_id),
+        "eos_token": text(tokenizer.eos_id),
+        "pad_token": text(tokenizer.pad_id),
         "unk_token": None,
         "add_bos_token": False,
         "add_eos_token": False,
