@@ -140,3 +140,16 @@ def test_message_text_never_becomes_special_tokens_when_served():
     with BackgroundServer(app) as server:
         resp = ollama.Client(host=server.url).chat("test", messages, options={"num_predict": 2})
     assert resp.prompt_eval_count == len(ids)
+
+
+def test_messages_a_prompt_style_cannot_format_get_400():
+    """The book's phi3_book style has no system turn: a request with one is the client's error."""
+    loaded = load_pretrained("tiny-gpt2", seed=1, prompt_style="phi3_book")
+    app = create_app(loaded, ServeSettings(max_new_tokens=2))
+    messages = [{"role": "system", "content": "Be brief."}, *MESSAGES]
+    with BackgroundServer(app) as server:
+        resp = httpx.post(f"{server.url}/api/chat", json={"messages": messages, "stream": False})
+        assert resp.status_code == 400
+        assert resp.json()["error"].startswith("messages: prompt style phi3_book (the book's")
+        resp = httpx.post(f"{server.url}/api/chat", json={"messages": MESSAGES, "stream": False})
+        assert resp.status_code == 200

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.data.prompts import get_style
-from tunelab.data.records import Record
+from tunelab.data.records import DataError, Record
 from tunelab.models.api import LoadedModel
+from tunelab.models.chat_template import ChatTemplateError
 from tunelab.models.generation import generate
 from tunelab.serve.messages import messages_to_record
 from tunelab.serve.textstream import TextStream
@@ -65,7 +66,10 @@ class ChatModel:
         """Token ids of the chat prompt. Without num_ctx a prompt that leaves no room in the
         model's context is refused; with num_ctx (Ollama) the window is num_ctx (at most the
         model's context) and a longer prompt loses its oldest tokens, as Ollama does (logged)."""
-        ids = self.encode(messages_to_record(messages))
+        try:
+            ids = self.encode(messages_to_record(messages))
+        except (DataError, ChatTemplateError) as e:  # e.g. a template that refuses system turns
+            raise RequestError(f"messages: {e}", param="messages") from None
         if params.num_ctx is None:
             if len(ids) >= self.context:
                 raise RequestError(
