@@ -258,3 +258,26 @@ def test_read_only_output_folder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", read_only)  # as root, chmod would not stop a write
     with pytest.raises(OutputError, match=r"metrics\.json: cannot write: read-only file system"):
         write_json(tmp_path / "metrics.json", {})
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path, monkeypatch):
+    from tunelab.utils.hydra_callbacks import run_folder_problem
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run_folder_problem(blocker / "run") == "not a directory"
+    assert run_folder_problem(tmp_path / "ok" / "run") is None
+    monkeypatch.setattr(os, "access", lambda *a: False)  # a read-only file system (root included)
+    assert run_folder_problem(tmp_path / "ok" / "run") == (
+        "not writable (read-only file system or no permission)"
+    )
+    monkeypatch.undo()
+    res = subprocess.run(
+        [sys.executable, "-m", "tunelab.train", f"hydra.run.dir={blocker}/run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    assert res.stderr == f"error: cannot create the run folder {blocker}/run: not a directory\n"

@@ -25,6 +25,13 @@ from tunelab.utils.config import (
     save_and_print_config,
 )
 from tunelab.utils.io import atomic_write_text, write_json
+from tunelab.utils.resume import (
+    POLICIES,
+    RunFingerprint,
+    check_resume,
+    run_fingerprint,
+    trainer_fingerprint,
+)
 from tunelab.utils.tracking import global_rank, narrow_ddp_relaunch, prepare_wandb
 
 log = logging.getLogger("tunelab.train")
@@ -65,6 +72,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     )
     callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ValidateAtEnd())  # final val metrics and best.ckpt for every finished run
+    callbacks.append(RunFingerprint(run_fingerprint(cfg)))  # checked when a run resumes
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
@@ -125,6 +133,9 @@ def optimized_value(name: str | None, metrics: dict[str, float]) -> float | None
 def train(cfg: DictConfig) -> float | None:
     check_no_literal_secrets(cfg)
     check_run_length(cfg.trainer)
+    policy = cfg.get("resume_policy", "strict")
+    if policy not in POLICIES:
+        raise ValueError(f"resume_policy: expected 'strict' or 'allow_changes', got {policy!r}")
     output_dir = Path(cfg.paths.output_dir)
     rank_zero = global_rank() == 0
     if rank_zero:
@@ -143,12 +154,12 @@ def train(cfg: DictConfig) -> float | None:
         loaded.model.num_parameters / 1e6,
         loaded.prompt_style,
     )
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path:  # refused in one line before Lightning reads it, unless it fits this run
+        fingerprint = {**run_fingerprint(cfg), **trainer_fingerprint(trainer)}
+        check_resume(ckpt_path, parts["task"], fingerprint, policy)
     try:
-        trainer.fit(
-            parts["task"],
-            datamodule=parts["datamodule"],
-            ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir),
-        )
+        trainer.fit(parts["task"], datamodule=parts["datamodule"], ckpt_path=ckpt_path)
         metrics = {k: _finite(v) for k, v in trainer.callback_metrics.items()}
         metrics = {k: v for k, v in metrics.items() if v is not None}
         metrics["global_step"] = trainer.global_step
