@@ -89,7 +89,11 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(
-    model: torch.nn.Module, family: str, path: Path, template: str | None = None
+    model: torch.nn.Module,
+    family: str,
+    path: Path,
+    template: str | None = None,
+    pre: str = "smollm",
 ) -> Path:
     arch = family.split("-")[0]
     c = model.config
@@ -117,7 +121,7 @@ def write_gguf(
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(4.0)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(MERGES)

@@ -92,3 +92,35 @@ def test_unknown_rope_freqs_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="rope_freqs.*matches no released Llama 3") as err:
         load_gguf(bad)
     assert "\n" not in str(err.value)
+
+
+PRE_TEXTS = [
+    "I'M here, you'LL see: it's 1234567 and 3.14159!",
+    "  leading\r\n\r\n  lines\n\n\ttabs   end  ",
+    "日本語 🤗 naïve café",
+    "the theatre in a tin<|im_end|>",
+]
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_gguf_pretokenizers_equal_the_families_tokenizer_json(tmp_path, pre) -> None:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    from tests.models.test_gguf import MERGES, SPECIALS
+    from tunelab.models.loaders.gguf_tokenizer import GGUF_PRE_REGEX
+
+    tokens, _ = _tiny_vocab()
+    path = write_gguf(hf_model("qwen2", len(tokens)), "qwen2", tmp_path / "p.gguf", pre=pre)
+    _, tok = load_gguf(path)
+    vocab = {t: i for i, t in enumerate(tokens)}  # specials keep their ids 0-2
+    ref = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in MERGES]))
+    ref.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GGUF_PRE_REGEX[pre]), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    ref.decoder = decoders.ByteLevel()
+    ref.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
+    for text in PRE_TEXTS:
+        assert tok.encode(text) == ref.encode(text, add_special_tokens=False).ids, text

@@ -16,7 +16,21 @@ from tunelab.models.tokenizers.byte_level import byte_level_encoding, stop_ids_f
 
 # Pre-tokenizer names llama.cpp writes in `tokenizer.ggml.pre` -> hf_tokenizer pattern kinds.
 # Only patterns checked against a reference tokenization are listed; others are refused.
-GGUF_PRETOKENIZERS = {"smollm": "smollm", "gpt-2": "gpt2"}
+GGUF_PRETOKENIZERS = {
+    "smollm": "smollm",
+    "gpt-2": "gpt2",
+    "llama-bpe": "regex",
+    "llama3": "regex",
+    "qwen2": "regex",
+}
+# llama.cpp's regexes for these names, as the Split regex of the families' tokenizer.json files
+# (Llama 3: digits in runs of up to three; Qwen2/2.5/3: every digit on its own).
+LLAMA3_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+GGUF_PRE_REGEX = {"llama-bpe": LLAMA3_REGEX, "llama3": LLAMA3_REGEX, "qwen2": QWEN2_REGEX}
 
 # llama.cpp token types (llama_token_type / gguf.TokenType).
 _NORMAL, _BYTE = 1, 6
@@ -65,6 +79,7 @@ def tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokenizer:
         special_tokens=special,
         source=source,
         pretokenizer=GGUF_PRETOKENIZERS[pre],
+        regex=GGUF_PRE_REGEX.get(pre),
     )
 
     def token_id(field: str) -> int | None:
