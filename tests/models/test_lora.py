@@ -148,3 +148,24 @@ def test_a_model_with_adapters_gets_no_second_set():
     model = load_pretrained("tiny-gpt2", seed=0, lora={}).model
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         apply_lora(model, {})
+
+
+def test_adapters_load_onto_their_own_base_only(tmp_path):
+    from tunelab.models.loaders.checkpoint import checkpoint_metadata, load_tunelab_checkpoint
+
+    loaded = load_pretrained("tiny-gpt2", seed=3, lora={"rank": 2, "targets": ["q", "mlp_out"]})
+    randomise_b(loaded.model)
+    meta = checkpoint_metadata(loaded.model, loaded.tokenizer, loaded.prompt_style)
+    meta["lora"] = loaded.model.lora_meta
+    state = {f"model.{k}": v for k, v in loaded.model.state_dict().items() if ".lora_" in k}
+    torch.save({"tunelab": meta, "state_dict": state}, tmp_path / "a.ckpt")
+    model, _, _ = load_tunelab_checkpoint(tmp_path / "a.ckpt")
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.model.eval()(x))
+    meta["lora"] = {**meta["lora"], "base": {**meta["lora"]["base"], "seed": 4}}
+    torch.save({"tunelab": meta, "state_dict": state}, tmp_path / "b.ckpt")
+    with pytest.raises(
+        ValueError, match="differs from the one these LoRA adapters were trained on"
+    ):
+        load_tunelab_checkpoint(tmp_path / "b.ckpt")
