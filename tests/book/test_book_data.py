@@ -198,3 +198,13 @@ def test_preference_batches_score_the_notebooks_tokens(tmp_path):
     assert diff.tolist() == [3] * (2 * n)
     with pytest.raises(ValueError, match="data.scored: expected 'answer' or 'response_and_answer'"):
         PreferenceDataModule(scored="header")
+
+
+def test_phi3_book_refuses_a_system_prompt_or_earlier_turns():
+    from tunelab.data.prompts import get_style
+    from tunelab.data.records import DataError, Record
+
+    style = get_style("phi3_book")
+    for record in (Record("Hi", system="Be brief."), Record("Hi", history=[("a", "b")])):
+        with pytest.raises(DataError, match="prompt style phi3_book .* has no system prompt or"):
+            style.prompt(record)
