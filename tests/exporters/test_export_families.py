@@ -37,8 +37,44 @@ def test_family_hf_export_matches_transformers(model_type, tmp_path):
         assert torch.equal(back(x), ref)
     for key, value in FAMILIES[model_type].items():
         assert getattr(back.cfg, key) == value
-    with pytest.raises(ValueError, match="no gguf export for a llama-family model with"):
-        export_model(str(ckpt), "gguf", tmp_path / "g")
+    refusal = {
+        "llama": "no gguf export for a llama-family model with",
+        "mistral": "no gguf export for a llama-family model with sliding_window=5",
+        "qwen2": r"cannot express sliding_window=5 \(GGUF's qwen2/qwen3 have none\)",
+    }
+    if model_type in refusal:
+        with pytest.raises(ValueError, match=refusal[model_type]):
+            export_model(str(ckpt), "gguf", tmp_path / "g")
+        assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize(
+    ("model_type", "traits"),
+    [
+        ("qwen2", dict(qkv_bias=True, attn_out_bias=False)),
+        ("qwen3", dict(qk_norm="head", head_dim=128)),
+    ],
+)
+def test_family_gguf_reads_back(model_type, traits, tmp_path):
+    """tunelab reads it back bit for bit; transformers' GGUF reader too (its qwen3 reader ignores
+    attention.key_length and takes Qwen3's default head_dim of 128, hence that head size)."""
+    from gguf import GGUFReader
+
+    from tunelab.models.loaders.gguf import clear_cache, load_gguf
+
+    model = tiny_model("tiny-llama", vocab_size=512, **traits)
+    ckpt = save_checkpoint(model, tiny_tokenizer(), "chatml", tmp_path / "m.ckpt")
+    out = export_model(str(ckpt), "gguf", tmp_path / "g", gguf_type="f32")
+    reader = GGUFReader(out / "model.gguf")
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == model_type
+    x = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(5))
+    clear_cache()
+    back, _ = load_gguf(out / "model.gguf")
+    hf = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(back(x), ref)
+        assert (hf.eval()(x).logits - ref).abs().max().item() <= 1e-4
 
 
 def test_traits_no_entry_writes_are_refused(tmp_path):

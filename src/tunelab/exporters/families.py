@@ -4,9 +4,9 @@ An entry reuses the HF loader's weight plans (`gpt2_plan`, `llama_plan`: HF tens
 tensor rows) in the export direction, `tunelab_to_llama` / `gpt2_name_map` for GGUF, and
 llama.cpp's own tensor-name table (`gguf.get_tensor_name_map`, the one `convert_hf_to_gguf.py`
 uses) for GGUF names. The config.json an entry writes is read back by tunelab's strict reader
-(`loaders/hf_config.py`) into the same `Config`, which the tests check. A config trait an entry does not write (a `Config`
-field away from what the family's basic fields imply) is refused, so a family or trait added to
-the decoder later cannot be exported silently wrong.
+(`loaders/hf_config.py`) into the same `Config`, which the tests check. A config trait an entry
+does not write (a `Config` field away from what the family's basic fields imply) is refused, so a
+family or trait added to the decoder later cannot be exported silently wrong.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class FamilyExport:
     gguf_arch: gguf.MODEL_ARCH | None  # None: GGUF cannot express the family
     gguf_hparams: Callable[[gguf.GGUFWriter, Config], None]
     gguf_state: Callable[[State, Config], State]  # HF names, GGUF layout (Q/K permuted...)
-    check: Callable[[Config], list[str]]  # what this entry cannot write, as phrases
+    check: Callable[[Config, str], list[str]]  # what it cannot write in a format, as phrases
     requires: dict[str, Any] = dataclasses.field(default_factory=dict)  # traits identifying it
     writes: tuple[str, ...] = ()  # further traits it writes, whatever their value
 
@@ -83,7 +83,7 @@ def state_from_plan(plan: dict[str, Entry], state: State, prefix: str, tied: boo
 # -- GPT-2 ----------------------------------------------------------------------------------
 
 
-def _gpt2_check(cfg: Config) -> list[str]:
+def _gpt2_check(cfg: Config, fmt: str) -> list[str]:
     problems = []
     if cfg.n_kv_head != cfg.n_head:
         problems.append(f"n_kv_head={cfg.n_kv_head} != n_head={cfg.n_head}")
@@ -141,10 +141,17 @@ def _gpt2_gguf_hparams(w: gguf.GGUFWriter, cfg: Config) -> None:
 # -- Llama (Llama 2/3, SmolLM2, ...) -------------------------------------------------------
 
 
-def _llama_check(cfg: Config) -> list[str]:
+def _llama_check(cfg: Config, fmt: str) -> list[str]:
     if cfg.qkv_bias != cfg.attn_out_bias:
         return [f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias}"]
     return []
+
+
+def _qwen_check(cfg: Config, fmt: str) -> list[str]:
+    problems = [] if cfg.qk_norm == "none" else _llama_check(cfg, fmt)  # qwen2: q/k/v bias only
+    if fmt != "hf" and cfg.sliding_window is not None:
+        problems.append(f"sliding_window={cfg.sliding_window} (GGUF's qwen2/qwen3 have none)")
+    return problems
 
 
 def _layer_types(cfg: Config) -> list[str]:
@@ -264,8 +271,7 @@ FAMILIES: list[FamilyExport] = [
         _llama_gguf_state,
         _llama_check,
     ),
-    # HF folders only: tunelab's GGUF reader takes the llama architecture alone, so a GGUF of
-    # these could not be checked by reading it back.
+    # HF folders only (tunelab's GGUF reader reads no MLP biases and no Mistral window).
     FamilyExport(
         "llama",  # attention / MLP biases (Llama's attention_bias, mlp_bias)
         "llama",
@@ -293,10 +299,10 @@ FAMILIES: list[FamilyExport] = [
         "llama",
         _qwen2_hf_config,
         _llama_hf_state,
-        None,
+        gguf.MODEL_ARCH.QWEN2,  # llama.cpp keeps Qwen's Q/K rows as they are
         _llama_gguf_hparams,
-        _llama_gguf_state,
-        lambda cfg: [],
+        _llama_hf_state,
+        _qwen_check,
         requires={"qkv_bias": True, "attn_out_bias": False},
         writes=("sliding_window", "sliding_window_layers"),
     ),
@@ -305,10 +311,10 @@ FAMILIES: list[FamilyExport] = [
         "llama",
         _qwen3_hf_config,
         _llama_hf_state,
-        None,
+        gguf.MODEL_ARCH.QWEN3,
         _llama_gguf_hparams,
-        _llama_gguf_state,
-        _llama_check,
+        _llama_hf_state,
+        _qwen_check,
         requires={"qk_norm": "head"},
         writes=("qkv_bias", "attn_out_bias", "sliding_window", "sliding_window_layers"),
     ),
@@ -335,7 +341,7 @@ def family_export(cfg: Config, fmt: str) -> FamilyExport:
         if any(traits.get(k, getattr(cfg, k)) != v for k, v in entry.requires.items()):
             continue
         if set(traits) <= set(entry.requires) | set(entry.writes):
-            problems = entry.check(cfg)
+            problems = entry.check(cfg, fmt)
             if problems:
                 raise ValueError(
                     f"format={fmt}: the {entry.name} export cannot express {'; '.join(problems)}"
