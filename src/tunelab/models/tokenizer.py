@@ -134,12 +134,13 @@ class Tokenizer:
         string: the text is cut at the trusted special tokens (as both tiktoken and `tokenizers`
         cut at special tokens before pre-tokenizing) and each piece is encoded as plain text.
         """
-        return self.encode_segments_with_offsets(segments)[0]
+        return self.encode_segments_with_offsets(segments, offsets=False)[0]
 
     def encode_segments_with_offsets(
-        self, segments: Sequence[Segment]
+        self, segments: Sequence[Segment], offsets: bool = True
     ) -> tuple[list[int], list[int]]:
-        """(ids, start): each token's start as a character offset into the joined text."""
+        """(ids, start): each token's start as a character offset into the joined text (an
+        empty list with `offsets=False`, which skips that work)."""
         items: list[tuple[int, int, int | None]] = []  # (start, end, special id or None)
         strips: dict[int, tuple[bool, bool]] = {}
         flags = getattr(self.encoding, "strip_flags", {})
@@ -184,11 +185,13 @@ class Tokenizer:
             if special is not None:
                 ids.append(special)
                 starts.append(start)
+            elif end > start and not offsets and isinstance(self.encoding, tiktoken.Encoding):
+                ids.extend(self.encoding.encode_ordinary(full[start:end]))
             elif end > start:
-                piece_ids, offsets = plain_with_offsets(self.encoding, full[start:end], start == 0)
+                piece_ids, where = plain_with_offsets(self.encoding, full[start:end], start == 0)
                 ids.extend(piece_ids)
-                starts.extend(start + o for o in offsets)
-        return ids, starts
+                starts.extend(start + o for o in where)
+        return ids, (starts if offsets else [])
 
     @cached_property
     def _special_re(self) -> re.Pattern[str] | None:
