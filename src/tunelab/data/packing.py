@@ -63,7 +63,8 @@ def collate_packed(
     mask_prompt: bool = False,
     ignore_index: int = IGNORE_INDEX,
     pad_to_multiple_of: int = 1,
-) -> dict[str, torch.Tensor]:
+    spans: bool = False,
+) -> dict[str, torch.Tensor | int]:
     """Pack one batch of examples into rows of at most `max_length` input tokens.
 
     Returns `input_ids`, `targets` (shifted by one inside each example; its last input token
@@ -72,6 +73,10 @@ def collate_packed(
     for every example) and `doc_ids` (the example's index in `batch`; -1 on padding). Rows are
     padded to the longest row with `pad_id` inputs and `ignore_index` targets, rounded up to a
     multiple of `pad_to_multiple_of` (GPUs: fewer distinct shapes, tensor-core-friendly widths).
+
+    spans: also return `cu_seqlens` (int32 span boundaries in the flattened rows, as
+    `tunelab.models.decoder.packed_spans(doc_ids)` gives them) and `max_seqlen` (a Python int),
+    computed here on the host so the decoder's varlen path reads nothing back from the GPU.
     """
     items = example_items(batch)
     if any(len(ids) == 0 for ids, _, _ in items):
@@ -101,7 +106,31 @@ def collate_packed(
             positions[r, span] = torch.arange(n)
             doc_ids[r, span] = i
             start += n
-    return {"input_ids": inputs, "targets": targets, "positions": positions, "doc_ids": doc_ids}
+    out: dict[str, torch.Tensor | int] = {
+        "input_ids": inputs,
+        "targets": targets,
+        "positions": positions,
+        "doc_ids": doc_ids,
+    }
+    if spans:
+        lengths = [[len(items[i][0]) for i in row] for row in rows]
+        cu, out["max_seqlen"] = row_spans(lengths, width)
+        out["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32)
+    return out
+
+
+def row_spans(row_lengths: Sequence[Sequence[int]], width: int) -> tuple[list[int], int]:
+    """(cu_seqlens, longest span) of rows holding examples of these lengths, padded to `width`.
+
+    Each example is a span and so is each row's padding run, as in `packed_spans(doc_ids)`.
+    """
+    cu, longest = [0], 0
+    for lengths in row_lengths:
+        pad = width - sum(lengths)
+        for n in [*lengths, pad] if pad else lengths:
+            cu.append(cu[-1] + n)
+            longest = max(longest, n)
+    return cu, longest
 
 
 def padding_fraction(batch: dict[str, torch.Tensor], pad_doc_id: int = -1) -> float:

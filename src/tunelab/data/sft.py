@@ -281,6 +281,7 @@ class SFTDataModule(L.LightningDataModule):
                 pad_id=self.tokenizer.pad_id,
                 max_length=width,
                 mask_prompt=self.mask_prompt,
+                spans=True,  # varlen spans computed here, on the host
             )
         return partial(collate_sft, pad_id=self.tokenizer.pad_id, mask_prompt=self.mask_prompt)
 

@@ -98,6 +98,17 @@ def packed_spans(doc_ids: torch.Tensor) -> PackedSpans:
     return PackedSpans(cu, int((cu[1:] - cu[:-1]).max()))
 
 
+def host_spans(spans: PackedSpans, tokens: int, device: torch.device) -> PackedSpans:
+    """Spans from the host on `device` (an asynchronous copy), checked against the batch's size."""
+    cu = spans.cu_seqlens
+    if cu.device.type == "cpu" and (cu.numel() < 2 or int(cu[-1]) != tokens):
+        covered = int(cu[-1]) if cu.numel() else 0
+        raise ValueError(
+            f"packed spans (cu_seqlens) cover {covered} tokens, the batch has {tokens}"
+        )
+    return PackedSpans(cu.to(device, torch.int32, non_blocking=True), int(spans.max_len))
+
+
 def _varlen_causal(
     q, k, v, spans: PackedSpans, window: int | None = None, scale: float | None = None
 ) -> torch.Tensor:
@@ -298,9 +309,12 @@ class Decoder(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        spans: PackedSpans | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for `input_ids` (B, T): `logits(hidden_states(...))`."""
-        return self.logits(self.hidden_states(input_ids, positions, doc_ids, cache, attention_mask))
+        return self.logits(
+            self.hidden_states(input_ids, positions, doc_ids, cache, attention_mask, spans)
+        )
 
     def hidden_states(
         self,
@@ -309,6 +323,7 @@ class Decoder(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        spans: PackedSpans | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, n_embd), after the final norm, before the LM head.
 
@@ -318,6 +333,9 @@ class Decoder(nn.Module):
         positions: (B, T) position of each token (default 0..T-1, or continuing the cache).
         doc_ids: (B, T) example id of each token in packed rows; attention stays inside one id.
         attention_mask: (B, T) bool/int, 1 for real tokens (left-padded generation with a cache).
+        spans: the spans of `doc_ids` computed on the host (`collate_packed(..., spans=True)`),
+            used by the varlen path instead of `packed_spans(doc_ids)`, which reads the longest
+            span back from the GPU; `doc_ids` is still needed (the masked path uses it).
         """
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -329,7 +347,11 @@ class Decoder(nn.Module):
             )
         windows = {block.window for block in self.blocks}
         if self._use_varlen(input_ids, doc_ids, cache, attention_mask):
-            spans = packed_spans(doc_ids)
+            spans = (
+                host_spans(spans, B * T, input_ids.device)
+                if spans is not None
+                else packed_spans(doc_ids)
+            )
             masks = dict.fromkeys(windows, spans)
         else:
             masks = {

@@ -18,7 +18,7 @@ from tunelab.losses import (
     masked_cross_entropy,
     target_logprobs,
 )
-from tunelab.models.decoder import Decoder
+from tunelab.models.decoder import Decoder, PackedSpans
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.lora import (
     check_chunked_head,
@@ -43,8 +43,12 @@ warnings.filterwarnings(
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
-def _forward_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    return {"positions": batch.get("positions"), "doc_ids": batch.get("doc_ids")}
+def _forward_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The decoder's packing inputs; spans computed by the collate on the host (no GPU sync)."""
+    spans = None
+    if batch.get("cu_seqlens") is not None:
+        spans = PackedSpans(batch["cu_seqlens"], batch["max_seqlen"])
+    return {"positions": batch.get("positions"), "doc_ids": batch.get("doc_ids"), "spans": spans}
 
 
 def next_token_loss(

@@ -6,7 +6,7 @@ import torch
 from torchmetrics.text import Perplexity
 
 from tunelab.losses import masked_cross_entropy
-from tunelab.tasks.base import LMTask, next_token_loss
+from tunelab.tasks.base import LMTask, _forward_kwargs, next_token_loss
 
 
 class SFTTask(LMTask):
@@ -19,9 +19,7 @@ class SFTTask(LMTask):
         if split == "train":
             loss, n_targets = next_token_loss(self.model, batch, self.use_chunked_lm_loss)
         else:  # validation keeps the logits for the perplexity metric
-            logits = self.model(
-                batch["input_ids"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
-            )
+            logits = self.model(batch["input_ids"], **_forward_kwargs(batch))
             loss, n_targets = masked_cross_entropy(logits, batch["targets"])
         loss, n_targets = self.global_token_mean(loss, n_targets)
         n_counted = self.counted_targets(batch, n_targets)
