@@ -113,7 +113,7 @@ def test_lora_resume_continues_exactly(tmp_path, toy_file):
         )
 
 
-def test_merged_lora_model_equals_unmerged_and_generates(tmp_path, toy_file):
+def test_merged_lora_model_equals_unmerged_and_generates(tmp_path, toy_file, capsys):
     from tunelab.lora import main as lora_cli
 
     run = tmp_path / "run"
@@ -132,6 +132,18 @@ def test_merged_lora_model_equals_unmerged_and_generates(tmp_path, toy_file):
     prompt = x[0].tolist()
     a = generate(merged, [prompt], max_new_tokens=6)
     assert a == generate(lora_model, [prompt], max_new_tokens=6) and len(a[0]) == 6
+    # the command-line tools take the LoRA run (through load_model) and the merged checkpoint
+    from tunelab.generate import main as generate_cli
+
+    answers = []
+    for source in (run, merged_path):
+        capsys.readouterr()
+        assert (
+            generate_cli([f"model={source}", "prompt=Say the word number 3.", "max_new_tokens=5"])
+            == 0
+        )
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1] and answers[0].startswith(">>> Say the word number 3.")
 
 
 def test_lora_cpt_with_activation_checkpointing_trains_only_adapters(tmp_path, corpora):  # noqa: F811
@@ -215,3 +227,59 @@ def test_dpo_lora_run_end_to_end(tmp_path, pref_file):  # noqa: F811
     assert ckpt["state_dict"] and all(is_lora_key(k) for k in ckpt["state_dict"])
     model, _ = load_model(str(run / "checkpoints" / "last.ckpt"))
     assert len(list(lora_modules(model))) == 2 * 4
+
+
+@pytest.mark.slow
+def test_lora_run_cut_by_sigterm_resumes_exactly(tmp_path, toy_file):
+    """As tests/test_reliability.py: a LoRA run killed by SIGTERM after a saved step, resumed
+    with ckpt_path=last, ends with the adapters of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    def args(run: Path) -> list[str]:
+        return [
+            *sft_overrides(
+                toy_file, "trainer.max_epochs=3", "callbacks.lr_schedule.total_steps=12"
+            ),
+            "callbacks.periodic_checkpoint.every_n_steps=2",
+            "extras.print_config=false",
+            f"hydra.run.dir={run}",
+        ]
+
+    def start(extra: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tunelab.train", *extra],
+            cwd=ROOT,
+            env={**os.environ, "WANDB_MODE": "offline"},
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "stderr.log").open("a"),  # a pipe could fill up and block
+        )
+
+    def step(path: Path) -> int:
+        return read_checkpoint(path)["global_step"] if path.exists() else -1
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    proc = start(args(whole))
+    assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    proc = start(args(cut))
+    last = cut / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while step(last) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    assert 2 <= step(last) < 12
+    proc = start([*args(cut), "ckpt_path=last"])
+    assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    a = read_checkpoint(whole / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(last)
+    assert a["global_step"] == b["global_step"] == 12
+    assert all(is_lora_key(k) for k in b["state_dict"])
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v, b["state_dict"][k], atol=1e-5), k
