@@ -197,6 +197,9 @@ def test_output_files_are_written_atomically(tmp_path):
 
     path = write_json(tmp_path / "metrics.json", {"val/loss": 1.5})
     assert path.read_text() == '{\n  "val/loss": 1.5\n}\n'
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it, not mkstemp's 0600
     # text UTF-8 cannot encode: refused naming the file, the previous version stays, no temp file
     with pytest.raises(
         OutputError, match=r"metrics\.json: cannot write: .*'\\ud800' at position 13"

@@ -28,6 +28,16 @@ from tunelab.utils.errors import OutputError
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Temporary files are created 0600; renamed outputs get the mode a plain open() would give them.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 class InputFileError(ValueError):
     """An input path that is not a readable regular file (the message names it)."""
 
@@ -109,6 +119,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
         tmp = None
     except BaseException as e:
