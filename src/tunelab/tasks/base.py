@@ -18,6 +18,7 @@ from tunelab.losses import (
     masked_cross_entropy,
     target_logprobs,
 )
+from tunelab.models.compile import compile_blocks
 from tunelab.models.decoder import Decoder, PackedSpans
 from tunelab.models.loaders.checkpoint import checkpoint_metadata
 from tunelab.models.lora import (
@@ -86,6 +87,7 @@ class LMTask(L.LightningModule):
         on_nonfinite: str = "stop",
         chunked_lm_loss: bool = True,
         activation_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -101,6 +103,8 @@ class LMTask(L.LightningModule):
         self.chunked_lm_loss = chunked_lm_loss
         check_chunked_head(model, chunked_lm_loss)
         model.activation_checkpointing = activation_checkpointing
+        if compile:  # regional: each decoder block (see tunelab.models.compile)
+            compile_blocks(model)
 
     @property
     def use_chunked_lm_loss(self) -> bool:
