@@ -386,6 +386,7 @@ class PreferenceDataModule(L.LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
+        check_data_sizes(batch_size, max_length, limit, num_workers)
         check_split_order(split_order)
         if scored not in SCORED:
             raise ValueError(
@@ -395,7 +396,6 @@ class PreferenceDataModule(L.LightningDataModule):
         # end_of_text=false, drop_last=true; see README "Coming from the book".
         self.split_order, self.scored = split_order, scored
         self.end_of_text, self.drop_last = end_of_text, drop_last
-        check_data_sizes(batch_size, max_length, limit, num_workers)
         self.path, self.train_path, self.val_path, self.test_path = (
             path,
             train_path,
