@@ -96,7 +96,7 @@ def test_lora_resume_continues_exactly(tmp_path, toy_file):
     for k in a["state_dict"]:
         assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
     # another base or another LoRA config is refused, not silently mixed
-    with pytest.raises(ValueError, match="LoRA config .* differs"):
+    with pytest.raises(ValueError, match=r"cannot resume: lora\.config\.rank: checkpoint 4, now 2"):
         train(
             compose_train(
                 sft_overrides(
@@ -105,7 +105,10 @@ def test_lora_resume_continues_exactly(tmp_path, toy_file):
                 cut,
             )
         )
-    with pytest.raises(ValueError, match="another base model"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot resume: lora\.base\.seed: checkpoint 123, now 7; lora\.base\.sha256",
+    ):
         train(
             compose_train(
                 sft_overrides(toy_file, "trainer.max_steps=7", "ckpt_path=last", "seed=7"), cut
