@@ -43,6 +43,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.builders.output import write_or_check
+
 SEED = 1729
 REFERENCE_PYTHON = (3, 11, 7)
 MAX_PROMPT_TOKENS = 256  # budget for the Alpaca-formatted prompt + answer (GPT-2 BPE tokens)
@@ -1131,17 +1133,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(build_records(log=lambda message: print(message, file=sys.stderr)))
     data = text.encode("utf-8")
     elapsed = time.perf_counter() - start
-    if args.check:
-        current = args.out.read_bytes() if args.out.exists() else b""
-        if current != data:
-            print(f"{args.out} is out of date; rebuild it with this builder", file=sys.stderr)
-            return 1
-        print(f"{args.out} is up to date ({elapsed:.1f} s)", file=sys.stderr)
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(data)
-    print(f"wrote {args.out} ({len(data)} bytes, {elapsed:.1f} s)", file=sys.stderr)
-    return 0
+    return write_or_check(args.out, data, elapsed, args.check)
 
 
 if __name__ == "__main__":

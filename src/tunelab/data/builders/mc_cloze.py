@@ -31,6 +31,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from tunelab.data.builders.output import write_or_check
+
 SEED = 27182
 N_ITEMS = 320
 EMBEDDED = Path(__file__).resolve().parents[1] / "embedded"
@@ -220,21 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     data = render(items).encode("utf-8")
     elapsed = time.perf_counter() - start
     print(summary(items), file=sys.stderr)
-    if args.check:
-        current = args.out.read_bytes() if args.out.exists() else b""
-        if current != data:
-            print(f"{args.out} is out of date; rebuild it with this builder", file=sys.stderr)
-            return 1
-        print(f"{args.out} is up to date ({elapsed:.1f} s)", file=sys.stderr)
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(data)
-    print(
-        f"wrote {args.out} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}, "
-        f"{elapsed:.1f} s)",
-        file=sys.stderr,
-    )
-    return 0
+    return write_or_check(args.out, data, elapsed, args.check)
 
 
 if __name__ == "__main__":
