@@ -16,6 +16,7 @@ import types
 
 import torch
 
+from benchmarks.common import tunelab_to_seed as tunelab_to_book
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 from tunelab.models.tokenizer import tokenizer_by_name
@@ -101,36 +102,6 @@ def book_config(cfg: Config) -> dict:
         "drop_rate": 0.0,
         "qkv_bias": True,
     }
-
-
-_LINEARS = (("attn.proj", "att.out_proj"), ("mlp.fc", "ff.layers.0"), ("mlp.proj", "ff.layers.2"))
-_NORMS = (("norm1", "norm1"), ("norm2", "norm2"))
-
-
-def tunelab_to_book(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """tunelab GPT-2 weights in the naming of the book's ch04 GPTModel (the fused qkv split
-    into W_query/W_key/W_value; `out_head` a copy of the LM head, as the book's loader does)."""
-    d = cfg.n_embd
-    out = {
-        "tok_emb.weight": state["wte.weight"],
-        "pos_emb.weight": state["wpe.weight"],
-        "final_norm.scale": state["norm_f.weight"],
-        "final_norm.shift": state["norm_f.bias"],
-        "out_head.weight": state["lm_head.weight"],
-    }
-    for i in range(cfg.n_layer):
-        b, s = f"blocks.{i}.", f"trf_blocks.{i}."
-        w, bias = state[b + "attn.qkv.weight"], state[b + "attn.qkv.bias"]
-        for j, name in enumerate(("W_query", "W_key", "W_value")):
-            out[s + f"att.{name}.weight"] = w[j * d : (j + 1) * d]
-            out[s + f"att.{name}.bias"] = bias[j * d : (j + 1) * d]
-        for src, dst in _LINEARS:
-            out[s + dst + ".weight"] = state[b + src + ".weight"]
-            out[s + dst + ".bias"] = state[b + src + ".bias"]
-        for src, dst in _NORMS:
-            out[s + dst + ".scale"] = state[b + src + ".weight"]
-            out[s + dst + ".shift"] = state[b + src + ".bias"]
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
 def book_model(model: Decoder):
