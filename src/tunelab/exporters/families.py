@@ -12,18 +12,24 @@ family or trait added to the decoder later cannot be exported silently wrong.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gguf
 import torch
 
+from tunelab.exporters.families_more import MORE_FAMILIES
+from tunelab.exporters.family_base import (  # noqa: F401  (FamilyExport: re-exported)
+    FamilyExport,
+    State,
+    layer_types,
+    llama_gguf_hparams,
+    llama_hf_config,
+    llama_hf_state,
+    state_from_plan,
+)
 from tunelab.models.config import Config
 from tunelab.models.loaders.hf import gpt2_name_map, tunelab_to_llama
-from tunelab.models.loaders.hf_weights import Entry, gpt2_plan, llama_plan
-
-State = dict[str, torch.Tensor]
+from tunelab.models.loaders.hf_weights import gpt2_plan
 
 # Config fields every entry writes; any other field must equal what these imply.
 BASIC_FIELDS = (
@@ -44,40 +50,6 @@ BASIC_FIELDS = (
     "tokenizer",
     "extra",
 )
-
-
-@dataclass(frozen=True)
-class FamilyExport:
-    name: str  # the HF model_type written
-    family: str  # tunelab's Config.family
-    hf_config: Callable[[Config], dict[str, Any]]
-    hf_state: Callable[[State, Config], State]
-    gguf_arch: gguf.MODEL_ARCH | None  # None: GGUF cannot express the family
-    gguf_hparams: Callable[[gguf.GGUFWriter, Config], None]
-    gguf_state: Callable[[State, Config], State]  # HF names, GGUF layout (Q/K permuted...)
-    check: Callable[[Config, str], list[str]]  # what it cannot write in a format, as phrases
-    requires: dict[str, Any] = dataclasses.field(default_factory=dict)  # traits identifying it
-    writes: tuple[str, ...] = ()  # further traits it writes, whatever their value
-
-
-def state_from_plan(plan: dict[str, Entry], state: State, prefix: str, tied: bool) -> State:
-    """The HF tensors a loader plan reads, rebuilt from tunelab's (rows, transposes, fusions)."""
-    out: State = {}
-    for name, entry in plan.items():
-        if tied and any(t.check_equal for t in entry.targets):
-            continue  # a tied head: HF folders leave it out
-        parts = []
-        for target in sorted(entry.targets, key=lambda t: (t.src_rows or (0, 0))[0]):
-            w = state[target.dest]
-            if target.dest_rows is not None:
-                w = w[target.dest_rows[0] : target.dest_rows[1]]
-            parts.append(w.t() if target.transpose else w)
-        tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-        if tuple(tensor.shape) != entry.shape:
-            raise ValueError(f"export: {name} rebuilt as {tuple(tensor.shape)}, not {entry.shape}")
-        key = name if name == "lm_head.weight" else prefix + name
-        out[key] = tensor.contiguous().clone()
-    return out
 
 
 # -- GPT-2 ----------------------------------------------------------------------------------
@@ -120,10 +92,6 @@ def _gpt2_hf_state(state: State, cfg: Config) -> State:
     return state_from_plan(gpt2_plan(cfg), state, "transformer.", tied=True)
 
 
-def _llama_hf_state(state: State, cfg: Config) -> State:
-    return state_from_plan(llama_plan(cfg), state, "model.", cfg.tie_embeddings)
-
-
 def _gpt2_gguf_state(state: State, cfg: Config) -> State:
     # llama.cpp stores GPT-2's Conv1D weights as (out, in), tunelab's nn.Linear layout.
     return {f"transformer.{hf}": state[ours] for hf, ours, _ in gpt2_name_map(cfg)}
@@ -154,52 +122,20 @@ def _qwen_check(cfg: Config, fmt: str) -> list[str]:
     return problems
 
 
-def _layer_types(cfg: Config) -> list[str]:
-    return [
-        "sliding_attention" if cfg.layer_window(i) is not None else "full_attention"
-        for i in range(cfg.n_layer)
-    ]
-
-
-def _llama_hf_config(cfg: Config, model_type: str = "llama") -> dict[str, Any]:
-    return {
-        "architectures": [f"{MODEL_CLASSES[model_type]}ForCausalLM"],
-        "model_type": model_type,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.context_length,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
-        "rope_scaling": None,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": bool(cfg.qkv_bias),
-        "mlp_bias": bool(cfg.mlp_bias),
-        "hidden_act": "silu",
-        "attention_dropout": 0.0,  # tunelab's dropout is a training knob, not the model's
-        "use_cache": True,
-    }
-
-
 def _mistral_hf_config(cfg: Config) -> dict[str, Any]:
-    out = _llama_hf_config(cfg, "mistral")
+    out = llama_hf_config(cfg, "mistral")
     del out["attention_bias"], out["mlp_bias"]
     return {**out, "sliding_window": cfg.sliding_window}
 
 
 def _qwen2_hf_config(cfg: Config) -> dict[str, Any]:
-    out = _llama_hf_config(cfg, "qwen2")
+    out = llama_hf_config(cfg, "qwen2")
     del out["attention_bias"], out["mlp_bias"]
     return {**out, **_qwen_windows(cfg)}
 
 
 def _qwen3_hf_config(cfg: Config) -> dict[str, Any]:
-    out = _llama_hf_config(cfg, "qwen3")
+    out = llama_hf_config(cfg, "qwen3")
     del out["mlp_bias"]
     return {**out, **_qwen_windows(cfg)}
 
@@ -209,11 +145,8 @@ def _qwen_windows(cfg: Config) -> dict[str, Any]:
         "use_sliding_window": cfg.sliding_window is not None,
         "sliding_window": cfg.sliding_window,
         "max_window_layers": cfg.n_layer,
-        "layer_types": _layer_types(cfg),
+        "layer_types": layer_types(cfg),
     }
-
-
-MODEL_CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
 def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -232,22 +165,6 @@ def _llama_gguf_state(state: State, cfg: Config) -> State:
     return hf
 
 
-def _llama_gguf_hparams(w: gguf.GGUFWriter, cfg: Config) -> None:
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_context_length(cfg.context_length)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_block_count(cfg.n_layer)
-    w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.n_kv_head)
-    if cfg.head_dim * cfg.n_head != cfg.n_embd:
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(cfg.rope_base)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-
-
 # Tried in order; an entry fits a config when its `requires` traits match and every other trait
 # away from the family's defaults is one it `writes`.
 FAMILIES: list[FamilyExport] = [
@@ -264,10 +181,10 @@ FAMILIES: list[FamilyExport] = [
     FamilyExport(
         "llama",
         "llama",
-        _llama_hf_config,
-        _llama_hf_state,
+        llama_hf_config,
+        llama_hf_state,
         gguf.MODEL_ARCH.LLAMA,
-        _llama_gguf_hparams,
+        llama_gguf_hparams,
         _llama_gguf_state,
         _llama_check,
     ),
@@ -275,10 +192,10 @@ FAMILIES: list[FamilyExport] = [
     FamilyExport(
         "llama",  # attention / MLP biases (Llama's attention_bias, mlp_bias)
         "llama",
-        _llama_hf_config,
-        _llama_hf_state,
+        llama_hf_config,
+        llama_hf_state,
         None,
-        _llama_gguf_hparams,
+        llama_gguf_hparams,
         _llama_gguf_state,
         _llama_check,
         writes=("qkv_bias", "attn_out_bias", "mlp_bias"),
@@ -287,9 +204,9 @@ FAMILIES: list[FamilyExport] = [
         "mistral",
         "llama",
         _mistral_hf_config,
-        _llama_hf_state,
+        llama_hf_state,
         None,
-        _llama_gguf_hparams,
+        llama_gguf_hparams,
         _llama_gguf_state,
         _llama_check,
         writes=("sliding_window",),
@@ -298,10 +215,10 @@ FAMILIES: list[FamilyExport] = [
         "qwen2",
         "llama",
         _qwen2_hf_config,
-        _llama_hf_state,
+        llama_hf_state,
         gguf.MODEL_ARCH.QWEN2,  # llama.cpp keeps Qwen's Q/K rows as they are
-        _llama_gguf_hparams,
-        _llama_hf_state,
+        llama_gguf_hparams,
+        llama_hf_state,
         _qwen_check,
         requires={"qkv_bias": True, "attn_out_bias": False},
         writes=("sliding_window", "sliding_window_layers"),
@@ -310,14 +227,15 @@ FAMILIES: list[FamilyExport] = [
         "qwen3",
         "llama",
         _qwen3_hf_config,
-        _llama_hf_state,
+        llama_hf_state,
         gguf.MODEL_ARCH.QWEN3,
-        _llama_gguf_hparams,
-        _llama_hf_state,
+        llama_gguf_hparams,
+        llama_hf_state,
         _qwen_check,
         requires={"qk_norm": "head"},
         writes=("qkv_bias", "attn_out_bias", "sliding_window", "sliding_window_layers"),
     ),
+    *MORE_FAMILIES,  # gemma3_text, olmo2, phi3 (families_more.py)
 ]
 
 

@@ -9,6 +9,7 @@ biases) stay F32, as in `convert_hf_to_gguf.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gguf import LlamaFileType
 from tunelab.exporters.chat_templates import ChatTemplates
 from tunelab.exporters.families import FamilyExport
 from tunelab.exporters.tokenizer_files import CONTROL, GGUF_PRE, NORMAL, vocabulary
+from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 from tunelab.models.tokenizer import Tokenizer
 
@@ -114,3 +116,26 @@ def write_gguf(
         w.write_tensors_to_file()
     finally:
         w.close()
+    check_read_back(path, cfg, arch)
+
+
+def check_read_back(path: Path, cfg: Config, arch: str) -> None:
+    """Refuse (one line) a file tunelab's GGUF reader reads into another model: that reader
+    holds llama.cpp's fixed values per architecture (Gemma 3's layer pattern, local RoPE base,
+    query scale), so a trait the metadata cannot carry shows up here."""
+    from tunelab.models.loaders.gguf import config_from_gguf
+    from tunelab.models.loaders.gguf_arch import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        return  # gpt2: tunelab does not read it; the entry's own checks stand
+    back = config_from_gguf(gguf.GGUFReader(path))
+    skip = {"name", "tokenizer", "extra", "dropout"}
+    if arch == "olmo2":
+        skip.add("tie_embeddings")  # llama.cpp's olmo2 needs output.weight: written untied
+    for f in dataclasses.fields(Config):
+        ours, theirs = getattr(cfg, f.name), getattr(back, f.name)
+        if f.name not in skip and ours != theirs:
+            raise ValueError(
+                f"format=gguf: llama.cpp's {arch} metadata cannot express {f.name}={ours!r} "
+                f"(the file reads back as {theirs!r})"
+            )

@@ -7,6 +7,7 @@ Weights above `max_shard_size` are split into `model-0000i-of-0000n.safetensors`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from tunelab.exporters.tokenizer_files import (
     tokenizer_json,
     vocabulary,
 )
+from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 from tunelab.models.tokenizer import Tokenizer
 
@@ -78,6 +80,27 @@ def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: 
     return [*names, "model.safetensors.index.json"]
 
 
+# Config fields a config.json does not carry: names, tokenizer id, training dropout.
+NOT_WRITTEN = ("name", "tokenizer", "extra", "dropout")
+
+
+def check_read_back(config: dict[str, Any], cfg: Config, model_type: str) -> None:
+    """Refuse (one line) a config.json that tunelab's strict reader would not read back into
+    `cfg`: the reader is parity-tested against transformers, so equal reads mean equal logits."""
+    from tunelab.models.loaders.hf_config import config_from_hf_dict
+
+    try:
+        back = config_from_hf_dict(dict(config), "config.json", cfg.name)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"format=hf: the {model_type} config.json is not readable: {e}") from None
+    for f in dataclasses.fields(Config):
+        if f.name not in NOT_WRITTEN and getattr(back, f.name) != getattr(cfg, f.name):
+            raise ValueError(
+                f"format=hf: the {model_type} config.json cannot express {f.name}="
+                f"{getattr(cfg, f.name)!r} (it reads back as {getattr(back, f.name)!r})"
+            )
+
+
 def write_hf(
     model: Decoder,
     tokenizer: Tokenizer,
@@ -103,6 +126,7 @@ def write_hf(
         "pad_token_id": tokenizer.pad_id,
     }
     config = {**entry.hf_config(cfg), **ids, "torch_dtype": dtype}
+    check_read_back(config, cfg, entry.name)
     _json(folder / "config.json", config)
     stops = list(dict.fromkeys([tokenizer.eos_id, *tokenizer.stop_ids]))
     _json(
