@@ -31,9 +31,59 @@ EOT = 50256  # GPT-2 end-of-text, also the pad id (the seed's convention)
 # ----------------------------------------------------------------------------- weights
 
 
+# Shapes of released models that are not tunelab presets (random init, the released config.json
+# values): the models the family benchmarks train. Token ids come from the GPT-2 tokenizer,
+# all inside these vocabularies.
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2.5-0.5b": dict(
+        family="llama",
+        vocab_size=151936,
+        context_length=32768,
+        n_layer=24,
+        n_head=14,
+        n_kv_head=2,
+        n_embd=896,
+        intermediate_size=4864,
+        norm_eps=1e-6,
+        rope_base=1000000.0,
+        tie_embeddings=True,
+        qkv_bias=True,
+        attn_out_bias=False,
+        tokenizer="gpt2",
+    ),
+}
+
+
 def make_tunelab_model(preset: str, seed: int) -> Decoder:
     torch.manual_seed(seed)
+    if preset in SHAPES:
+        return Decoder(Config(**{**SHAPES[preset], "name": preset, "dropout": 0.0}))
     return Decoder(Config.from_preset(preset, dropout=0.0))
+
+
+def bench_tokenizer(cfg: Config):
+    """The tunelab tokenizer of a preset (GPT-2's, or SmolLM2's from its embedded GGUF)."""
+    from tunelab.models.api import preset_tokenizer
+
+    return preset_tokenizer(cfg.tokenizer)
+
+
+def write_hf_folder(model: Decoder, tokenizer: Any, folder: Path) -> None:
+    """The model as a Hugging Face folder, written by tunelab's exporter (GPT-2 keeps the
+    wave-1 writer the SFT/DPO figures were measured with)."""
+    if model.cfg.family == "gpt2":
+        from tunelab.models.loaders.hf import save_hf_gpt2
+
+        save_hf_gpt2(model, folder)
+        return
+    from tunelab.data.prompts import get_style
+    from tunelab.exporters.chat_templates import chat_templates
+    from tunelab.exporters.families import family_export
+    from tunelab.exporters.hf import write_hf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    templates = chat_templates(get_style("alpaca"))
+    write_hf(model, tokenizer, templates, family_export(model.cfg, "hf"), folder)
 
 
 def seed_config(cfg: Config) -> dict[str, Any]:
@@ -99,10 +149,17 @@ def build_seed_model(state: dict[str, torch.Tensor], cfg: Config, kv_cache: bool
     return model
 
 
-def build_hf_model(hf_dir: Path):
-    """transformers' GPT2LMHeadModel from the folder written by tunelab, dropout off."""
-    from transformers import GPT2LMHeadModel
+def _hf_model_type(hf_dir: Path) -> str:
+    return json.loads((Path(hf_dir) / "config.json").read_text(encoding="utf-8"))["model_type"]
 
+
+def build_hf_model(hf_dir: Path):
+    """transformers' model from the folder written by tunelab, dropout off (GPT2LMHeadModel
+    for GPT-2, AutoModelForCausalLM otherwise; the other families have no dropout by default)."""
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
+    if _hf_model_type(hf_dir) != "gpt2":
+        return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     return GPT2LMHeadModel.from_pretrained(
         str(hf_dir),
         attn_pdrop=0.0,
@@ -111,6 +168,19 @@ def build_hf_model(hf_dir: Path):
         summary_first_dropout=0.0,
         dtype=torch.float32,
     )
+
+
+def hf_tokenizer(hf_dir: Path | str | None = None):
+    """The transformers tokenizer TRL gets (only its pad/eos ids matter: the data comes
+    pre-tokenised): the folder's own one, or GPT-2's for GPT-2 folders and GPT-2-tokenised shapes."""
+    if hf_dir is None or _hf_model_type(Path(hf_dir)) == "gpt2":
+        return hf_gpt2_tokenizer()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def hf_gpt2_tokenizer():
@@ -154,7 +224,9 @@ def max_logit_diffs(
 # ----------------------------------------------------------------------------- data
 
 
-def sft_batches(batch_size: int, max_length: int, seed: int, limit: int | None = None):
+def sft_batches(
+    batch_size: int, max_length: int, seed: int, limit: int | None = None, tokenizer: Any = None
+):
     """Token ids of the embedded instruction data (Alpaca style) in tunelab's own batch order.
 
     Returns a list of batches, each a list of `Example`s: the order of the first epoch of
@@ -165,7 +237,7 @@ def sft_batches(batch_size: int, max_length: int, seed: int, limit: int | None =
     from tunelab.models.tokenizer import gpt2_tokenizer
 
     dm = SFTDataModule(batch_size=batch_size, max_length=max_length, seed=seed, limit=limit)
-    dm.connect(gpt2_tokenizer(), "alpaca")
+    dm.connect(tokenizer or gpt2_tokenizer(), "alpaca")
     dm.setup()
     loader = dm.train_dataloader()
     examples = dm.datasets["train"].examples

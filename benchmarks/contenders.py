@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import EOT, build_hf_model, build_seed_model, hf_gpt2_tokenizer
+from benchmarks.common import EOT, bench_tokenizer, build_hf_model, build_seed_model, hf_tokenizer
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 
@@ -36,6 +36,10 @@ class Contender:
         self.spec = spec
         torch.manual_seed(spec.get("seed", 123))
         self.cfg = Config.from_dict(json.loads(Path(spec["config"]).read_text()))
+        self.eot = spec.get("eot", EOT)  # end-of-text target and pad id of the batches
+        # the `*_lora` contenders: adapters of spec["lora"] on the frozen base
+        lora = spec.get("lora") if spec.get("contender", "").endswith("_lora") else None
+        self.lora: dict[str, Any] | None = lora
 
     def load_state(self) -> dict[str, torch.Tensor]:
         """The shared weights; not kept, so they never count in a contender's memory."""
@@ -44,7 +48,28 @@ class Contender:
     def tunelab_model(self) -> Decoder:
         model = Decoder(self.cfg)
         model.load_state_dict(self.load_state())
+        if self.lora:  # frozen base + adapters, as `model.lora` does in a run
+            from tunelab.models.lora import apply_lora
+
+            apply_lora(model, self.lora)
         return model
+
+    def peft_config(self):
+        """PEFT's LoraConfig of the same rank, scale and targets (None without LoRA)."""
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        targets = self.lora["targets"]
+        if targets != ["all-linear"]:
+            raise ValueError(f"benchmarks map only targets [all-linear] to PEFT, got {targets}")
+        return LoraConfig(
+            r=self.lora["rank"],
+            lora_alpha=self.lora["alpha"],
+            lora_dropout=self.lora.get("dropout", 0.0),
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
 
     def segment(self, index: int, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -155,13 +180,12 @@ class TunelabSFT(SFTContender):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
-        from tunelab.models.tokenizer import gpt2_tokenizer
         from tunelab.tasks.sft import SFTTask
 
         self.model = self.tunelab_model()
         self.task = SFTTask(
             model=self.model,
-            tokenizer=gpt2_tokenizer(),
+            tokenizer=bench_tokenizer(self.cfg),
             prompt_style="alpaca",
             optimizer=tunelab_optimizer_factory(),
         )
@@ -176,9 +200,9 @@ class TunelabSFT(SFTContender):
 
         examples = [ex for b in self.segment_batches(index) for ex in _examples(b)]
         collate = (
-            partial(collate_packed, pad_id=EOT, max_length=self.max_length)
+            partial(collate_packed, pad_id=self.eot, max_length=self.max_length)
             if self.packing
-            else partial(collate_sft, pad_id=EOT)
+            else partial(collate_sft, pad_id=self.eot)
         )
         return DataLoader(
             examples, batch_size=self.spec["batch_size"], shuffle=False, collate_fn=collate
@@ -341,7 +365,7 @@ class TrlSFT(SFTContender):
         self.model = build_hf_model(Path(spec["hf_dir"]))
         n_segments = self.n_segments
         examples = [
-            ids + [EOT]  # the end-of-text target every contender trains on
+            ids + [self.eot]  # the end-of-text target every contender trains on
             for b in self.own_batches()
             for ids in b
         ]
@@ -354,8 +378,9 @@ class TrlSFT(SFTContender):
             model=self.model,
             args=args,
             train_dataset=Dataset.from_dict({"input_ids": examples}),
-            processing_class=hf_gpt2_tokenizer(),
+            processing_class=hf_tokenizer(spec["hf_dir"]),
             callbacks=[_hf_callback(self.run)],
+            peft_config=self.peft_config(),  # trl_sft_lora: PEFT adapters on the frozen base
         )
         self.next_index = self.first
 
@@ -486,6 +511,10 @@ CONTENDERS: dict[str, str] = {
     "tunelab_sft": "benchmarks.contenders:TunelabSFT",
     "seed_sft": "benchmarks.contenders:SeedSFT",
     "trl_sft": "benchmarks.contenders:TrlSFT",
+    "tunelab_sft_lora": "benchmarks.contenders:TunelabSFT",
+    "trl_sft_lora": "benchmarks.contenders:TrlSFT",
+    "tunelab_dpo_lora": "benchmarks.dpo:TunelabDPO",
+    "trl_dpo_lora": "benchmarks.dpo:TrlDPO",
     "tunelab_gen": "benchmarks.contenders:TunelabGen",
     "seed_gen": "benchmarks.contenders:SeedGen",
     "seed_kv_gen": "benchmarks.contenders:SeedKVGen",

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from benchmarks.common import build_hf_model, hf_gpt2_tokenizer, ratio_stats, write_json
+from benchmarks.common import bench_tokenizer, build_hf_model, hf_tokenizer, ratio_stats, write_json
 from benchmarks.contenders import (
     Contender,
     _common_hf_args,
@@ -28,13 +28,13 @@ from benchmarks.contenders import (
 )
 
 
-def dpo_batches(batch_size: int, max_length: int, seed: int):
+def dpo_batches(batch_size: int, max_length: int, seed: int, tokenizer: Any = None):
     """Preference pairs (tunelab's token ids) in the first-epoch order of tunelab's loader."""
     from tunelab.data.preference import PreferenceDataModule
     from tunelab.models.tokenizer import gpt2_tokenizer
 
     dm = PreferenceDataModule(batch_size=batch_size, max_length=max_length, seed=seed)
-    dm.connect(gpt2_tokenizer(), "alpaca")
+    dm.connect(tokenizer or gpt2_tokenizer(), "alpaca")
     dm.setup()
     examples = dm.datasets["train"].examples
     return [[examples[i] for i in idx] for idx in dm.train_dataloader().batch_sampler]
@@ -74,10 +74,9 @@ class TunelabDPO(DPOContender):
         default_policy = "release" if self.lowmem else "keep"
         self.malloc_policy = apply_malloc_policy({"malloc": spec.get("malloc", default_policy)})
         from tunelab.data.records import Record
-        from tunelab.models.tokenizer import gpt2_tokenizer
         from tunelab.tasks.dpo import DPOTask
 
-        tok = gpt2_tokenizer()
+        tok = bench_tokenizer(self.cfg)
         pairs = self.own_pairs()
         self.examples = [
             PairExample(p["prompt"], p["chosen"], p["rejected"], i, Record(""))
@@ -105,12 +104,14 @@ class TunelabDPO(DPOContender):
             optimizer=tunelab_optimizer_factory(),
             beta=0.1,
             loss_type="sigmoid",
-            reference="precomputed",
+            # tunelab_dpo_lora: the reference is the same model with its adapters switched off
+            reference="adapters_off" if self.lora else "precomputed",
             activation_checkpointing=self.lowmem,
         )
         # the one-off reference pass over every pair this run will train on
         t = time.perf_counter()
-        self.task.precompute_reference(Segment(self.examples), splits=("train",))
+        if not self.lora:
+            self.task.precompute_reference(Segment(self.examples), splits=("train",))
         self.precompute_s = time.perf_counter() - t
         self.n_pairs = len(self.examples)
 
@@ -173,7 +174,8 @@ class TrlDPO(DPOContender):
             model=build_hf_model(Path(spec["hf_dir"])),
             args=args,
             train_dataset=data,
-            processing_class=hf_gpt2_tokenizer(),
+            processing_class=hf_tokenizer(spec["hf_dir"]),
+            peft_config=self.peft_config(),  # trl_dpo_lora: reference = adapters disabled
             callbacks=[_hf_callback(self.run)],
         )
         self.setup_s = time.perf_counter() - t
