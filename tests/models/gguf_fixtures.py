@@ -4,7 +4,9 @@ package's own TensorNameMap; Q/K rows permuted for `llama`, Gemma's norms stored
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -65,6 +67,92 @@ FAMILIES = {
 }
 
 
+# What convert_hf_to_gguf.py writes for an sp_fixtures folder's tokenizer.model + configs.
+SPM_NAMES = {"gemma": "Gemma 3 Tiny", "phi3": "Phi-3 Mini Tiny", "llama2": "Llama 2 Tiny"}
+SPM_CONFIG = {
+    "gemma": dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>", add_bos=True),
+    "phi3": dict(bos="<s>", eos="<|endoftext|>", unk="<unk>", pad=None, add_bos=False),
+    "llama2": dict(bos="<s>", eos="</s>", unk="<unk>", pad=None, add_bos=True),
+}
+
+
+def add_spm_vocab(
+    w: GGUFWriter, kind: str, arch: str, name: bool = True, edit: Callable | None = None
+) -> None:
+    """The `tokenizer.ggml.*` keys llama.cpp's converter writes for a SentencePiece folder
+    (`_create_vocab_sentencepiece` / Phi3's set_vocab): pieces with their scores and types, the
+    tokenizer's added tokens as control pieces of score -1000, "default" pre-tokenizer, the
+    special ids and add_bos/add_eos of tokenizer_config.json, no merges; Gemma 3 adds
+    add_space_prefix=false. `name`: write general.name (llama.cpp reads Phi-3's rstrip from it).
+    `edit(fields)` may change the fields (None: leave the key out) before they are written."""
+    from tests.models.sp_fixtures import SPECIALS, sp_pieces
+
+    pieces, scores, types = sp_pieces(kind)
+    for s in SPECIALS[kind]:
+        i = pieces.index(s)
+        scores[i], types[i] = -1000.0, 3
+    conf = SPM_CONFIG[kind]
+    f: dict[str, Any] = {
+        "name": SPM_NAMES[kind] if name else None,
+        "model": "llama",
+        "pre": "default",
+        "tokens": pieces,
+        "scores": scores,
+        "types": types,
+        "bos": pieces.index(conf["bos"]),
+        "eos": pieces.index(conf["eos"]),
+        "unk": pieces.index(conf["unk"]),
+        "pad": None if conf["pad"] is None else pieces.index(conf["pad"]),
+        "add_bos": conf["add_bos"],
+        "add_space_prefix": False if arch == "gemma3" else None,
+    }
+    if edit is not None:
+        edit(f)
+    writers = {
+        "name": w.add_name,
+        "model": w.add_tokenizer_model,
+        "pre": w.add_tokenizer_pre,
+        "tokens": w.add_token_list,
+        "scores": w.add_token_scores,
+        "types": w.add_token_types,
+        "bos": w.add_bos_token_id,
+        "eos": w.add_eos_token_id,
+        "unk": w.add_unk_token_id,
+        "pad": w.add_pad_token_id,
+        "add_bos": w.add_add_bos_token,
+        "add_space_prefix": w.add_add_space_prefix,
+    }
+    for key, value in f.items():
+        if value is not None:
+            writers[key](value)
+    w.add_add_eos_token(False)
+
+
+def spm_vocab_size(kind: str) -> int:
+    from tests.models.sp_fixtures import sp_pieces
+
+    return len(sp_pieces(kind)[0])
+
+
+def write_spm_vocab_gguf(
+    kind: str, path: Path, name: bool = True, edit: Callable | None = None
+) -> Path:
+    """A vocabulary-only GGUF (llama.cpp's --vocab-only) of an sp_fixtures kind."""
+    from tests.models.sp_fixtures import GEMMA_TEMPLATE, LLAMA2_TEMPLATE, PHI3_TEMPLATE
+
+    arch = {"gemma": "gemma3", "phi3": "phi3", "llama2": "llama"}[kind]
+    w = GGUFWriter(str(path), arch)
+    add_spm_vocab(w, kind, arch, name=name, edit=edit)
+    w.add_chat_template(
+        {"gemma": GEMMA_TEMPLATE, "phi3": PHI3_TEMPLATE, "llama2": LLAMA2_TEMPLATE}[kind]
+    )
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def hf_model(family: str, vocab_size: int) -> torch.nn.Module:
     cfg_cls, model_cls, extra = FAMILIES[family]
     kwargs = {**TINY, **extra, "vocab_size": vocab_size}
@@ -94,10 +182,12 @@ def write_gguf(
     path: Path,
     template: str | None = None,
     pre: str = "smollm",
+    spm: str | None = None,
 ) -> Path:
+    """`spm`: write the SentencePiece vocabulary of that `sp_fixtures` kind (see `add_spm_vocab`)
+    instead of the tiny byte-level one."""
     arch = family.split("-")[0]
     c = model.config
-    tokens, types = _tiny_vocab()
     w = GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
     w.add_context_length(c.max_position_embeddings)
@@ -120,12 +210,16 @@ def write_gguf(
     if family == "llama-linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(4.0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(MERGES)
-    w.add_eos_token_id(2)
+    if spm is not None:
+        add_spm_vocab(w, spm, arch)
+    else:
+        tokens, types = _tiny_vocab()
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(MERGES)
+        w.add_eos_token_id(2)
     if template:
         w.add_chat_template(template)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)

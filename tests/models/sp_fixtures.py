@@ -1,10 +1,13 @@
 """SentencePiece-style tokenizer folders built in tests (hub files cannot be downloaded here).
 
 `sp_folder(kind, dir)` trains a small BPE with byte fallback and "▁" spaces on a fixed corpus
-with the `tokenizers` library, lays it out as the real files of that family are laid out
-(Gemma 3: Replace(" ", "▁") normalizer; Llama 2 / Mistral / Phi-3: Metaspace pre-tokenizer,
-LlamaTokenizer class, Phi-3's rstrip chat markers) and writes tokenizer.json and
-tokenizer_config.json (with the family's chat template) into `dir`.
+with the `tokenizers` library, turns it into the pieces and scores of a SentencePiece model
+(`sp_pieces`, what llama.cpp's converter writes to GGUF) and back into a tokenizer.json as
+transformers converts such a model (merges from the scores), laid out as the real files of that
+family are laid out (Gemma 3: Replace(" ", "▁") normalizer; Phi-3: Prepend("▁") + Replace
+normalizer, rstrip chat markers and `</s>`; Llama 2 / Mistral: Metaspace pre-tokenizer;
+LlamaTokenizer class for both) and writes tokenizer.json and tokenizer_config.json (with the
+family's chat template) into `dir`.
 """
 
 from __future__ import annotations
@@ -81,30 +84,40 @@ SPECIALS = {
 }
 
 
-def _train(normalize) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train(normalize) -> dict[str, int]:
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalize
     trainer = trainers.BpeTrainer(vocab_size=420, show_progress=False, special_tokens=["<unk>"])
     tok.train_from_iterator(CORPUS, trainer)
-    data = json.loads(tok.to_str())
-    merges = [
-        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]
-    ]
-    return data["model"]["vocab"], merges
+    return json.loads(tok.to_str())["model"]["vocab"]
+
+
+def sp_pieces(kind: str) -> tuple[list[str], list[float], list[int]]:
+    """The pieces of a `tokenizer.model` of a family kind, with SentencePiece's scores and types.
+
+    Laid out as SentencePiece's BPE trainer lays them out: special pieces (type 3, `<unk>` 2),
+    the 256 byte pieces (type 6), then the learned pieces and characters (type 1) with score
+    -(their order), specials and bytes 0.
+    """
+    specials = SPECIALS[kind]
+    trained = _train(normalizers.Replace(" ", "▁"))
+    pieces = list(specials) + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [t for t in sorted(trained, key=trained.get) if t not in pieces]
+    n_fixed = len(specials) + 256
+    scores = [0.0] * n_fixed + [-float(i) for i in range(len(pieces) - n_fixed)]
+    types = [2 if s == "<unk>" else 3 for s in specials] + [6] * 256
+    types += [1] * (len(pieces) - n_fixed)
+    return pieces, scores, types
 
 
 def sp_tokenizer(kind: str) -> Tokenizer:
-    """The library tokenizer of a family kind: "gemma", "llama2" or "phi3"."""
-    specials = SPECIALS[kind]
-    trained, merges = _train(normalizers.Replace(" ", "▁"))
-    vocab: dict[str, int] = {}
-    for s in specials:
-        vocab[s] = len(vocab)
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for t in sorted(trained, key=trained.get):
-        if t not in vocab:
-            vocab[t] = len(vocab)
+    """The library tokenizer of a family kind ("gemma", "llama2" or "phi3"), as transformers
+    converts a SentencePiece BPE model: every split of every piece a merge, by piece score."""
+    from transformers.tokenization_utils_base import generate_merges
+
+    pieces, scores, _ = sp_pieces(kind)
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = generate_merges(vocab, dict(zip(pieces, scores, strict=True)))
     model = models.BPE(
         vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True
     )
@@ -114,6 +127,11 @@ def sp_tokenizer(kind: str) -> Tokenizer:
         tok.normalizer = normalizers.Replace(" ", "▁")
         tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous", invert=False)
         tok.decoder = decoders.Sequence(decode)
+    elif kind == "phi3":  # Phi-3's own tokenizer.json: a prefix on every fragment, no pre-tokenizer
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+        )
+        tok.decoder = decoders.Sequence([*decode, decoders.Strip(content=" ", left=1)])
     else:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(
             replacement="▁", prepend_scheme="first", split=False
@@ -126,9 +144,9 @@ def sp_tokenizer(kind: str) -> Tokenizer:
                 s,
                 special=True,
                 normalized=False,
-                rstrip=rstrip and s.startswith("<|") and s != "<|endoftext|>",
+                rstrip=rstrip and s not in ("<unk>", "<s>", "<|endoftext|>"),
             )
-            for s in specials
+            for s in SPECIALS[kind]
         ]
     )
     return tok

@@ -493,8 +493,8 @@ def test_unsupported_quant_type_is_named(tmp_path) -> None:
 
 
 def test_unsupported_tokenizer_model_is_named(tmp_path) -> None:
-    path = _write_gguf(tmp_path / "spm.gguf", None, tokenizer_model="llama")
-    with pytest.raises(ValueError, match="tokenizer model 'llama'"):
+    path = _write_gguf(tmp_path / "t5.gguf", None, tokenizer_model="t5")
+    with pytest.raises(ValueError, match="tokenizer model 't5'"):
         tokenizer_from_gguf(path)
 
 

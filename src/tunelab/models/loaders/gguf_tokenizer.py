@@ -1,9 +1,10 @@
-"""The tokenizer stored in a GGUF's metadata (`tokenizer.ggml.*`): byte-level BPE
-(`tokenizer.ggml.model` "gpt2") as a tiktoken encoding, with its chat template.
+"""The tokenizer stored in a GGUF's metadata (`tokenizer.ggml.*`), with its chat template.
 
-Normal tokens (type 1) become tiktoken ranks equal to their ids; control, user-defined, unknown
-and unused tokens become special tokens, matched verbatim. SentencePiece vocabularies
-(`tokenizer.ggml.model` "llama": Gemma 3, Phi-3, Llama 2 GGUFs) are refused in one line.
+Byte-level BPE (`tokenizer.ggml.model` "gpt2") becomes a tiktoken encoding: normal tokens (type 1)
+become tiktoken ranks equal to their ids; control, user-defined, unknown and unused tokens become
+special tokens, matched verbatim. SentencePiece vocabularies (`tokenizer.ggml.model` "llama":
+Gemma 3, Phi-3, Llama 2, Mistral GGUFs) run in the `tokenizers` library as llama.cpp tokenizes
+them (`gguf_spm`). Other tokenizer models are refused in one line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tunelab.models.loaders.gguf_spm import spm_tokenizer_from_metadata
 from tunelab.models.tokenizer import Tokenizer
 from tunelab.models.tokenizers.byte_level import byte_level_encoding, stop_ids_for
 
@@ -39,10 +41,12 @@ _NORMAL, _BYTE = 1, 6
 def tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokenizer:
     """The tokenizer of a GGUF's `tokenizer.ggml.*` metadata (`meta(key, default)` reads it)."""
     model = meta("tokenizer.ggml.model")
+    if model == "llama":
+        return spm_tokenizer_from_metadata(meta, source)
     if model != "gpt2":
         raise ValueError(
             f"{source}: tokenizer model {model!r} is not supported; tunelab reads byte-level "
-            "BPE ('gpt2')"
+            "BPE ('gpt2') and SentencePiece ('llama')"
         )
     pre = meta("tokenizer.ggml.pre", None)
     if pre not in GGUF_PRETOKENIZERS:

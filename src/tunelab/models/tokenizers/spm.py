@@ -1,0 +1,131 @@
+"""SentencePiece BPE vocabularies given as pieces + scores (no merge list), as a `tokenizer.json`.
+
+llama.cpp tokenizes such a vocabulary (its "SPM" type) without merges: it starts from the
+characters of the text and keeps joining the adjacent pair whose concatenation is a vocabulary
+piece with the highest score (ties: the leftmost pair), then spells every character that never
+became a piece as `<0xXX>` byte tokens. That is byte-fallback BPE whose merge list holds every
+split of every piece into two pieces, ranked by the score of the piece they form; `merges_from_scores`
+builds that list, and `spm_tokenizer_json` the `tokenizers` pipeline around it (the BPE model with
+byte fallback, " " -> "▁", the "▁" prefix of every text fragment when the vocabulary asks for it,
+and added tokens for the pieces matched whole before BPE).
+
+Ties that a merge list cannot express (two different pieces with the same score both formed by
+merges) are refused by the caller; see `score_ties`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SPACE = "▁"
+
+
+def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
+    """Every (left, right) split of every piece into two pieces, best piece score first.
+
+    Equal scores are ordered as transformers orders the merges it derives from a SentencePiece
+    model: longer left part first, then id (see `score_ties` for when that order matters).
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    found: list[tuple[float, int, int, int]] = []
+    for i, piece in enumerate(tokens):
+        for k in range(1, len(piece)):
+            if piece[:k] in index and piece[k:] in index:
+                found.append((-float(scores[i]), -k, k - len(piece), i))
+    found.sort()
+    return [(tokens[i][:-neg_k], tokens[i][-neg_k:]) for _, neg_k, _, i in found]
+
+
+def score_ties(
+    tokens: Sequence[str], scores: Sequence[float], ids: Iterable[int]
+) -> tuple[int, int] | None:
+    """Two of `ids` that merges can form and that share a score, or None.
+
+    llama.cpp breaks a tie between equal-scored candidate pairs by position (leftmost first); a
+    ranked merge list cannot, so such a vocabulary is not reproduced exactly.
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    seen: dict[float, int] = {}
+    for i in ids:
+        piece = tokens[i]
+        if not any(piece[:k] in index and piece[k:] in index for k in range(1, len(piece))):
+            continue
+        score = float(scores[i])
+        if score in seen:
+            return seen[score], i
+        seen[score] = i
+    return None
+
+
+@dataclass
+class AddedPiece:
+    """A piece matched whole in the text before BPE (llama.cpp's control, unknown and
+    user-defined tokens)."""
+
+    id: int
+    content: str
+    special: bool
+    rstrip: bool = False
+
+
+def spm_tokenizer_json(
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    added: Sequence[AddedPiece],
+    unk: str | None,
+    add_space_prefix: bool,
+) -> str:
+    """The `tokenizer.json` that tokenizes as llama.cpp's SPM tokenizer does.
+
+    `add_space_prefix`: every text fragment (the whole text, or the text after a token matched
+    whole) starts with "▁", as llama.cpp prepends " " to such fragments.
+    """
+    vocab = {t: i for i, t in enumerate(tokens)}
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
+    steps: list[dict[str, Any]] = [replace]
+    if add_space_prefix:
+        steps.insert(0, {"type": "Prepend", "prepend": SPACE})
+    decoder: list[dict[str, Any]] = [
+        {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+    ]
+    if add_space_prefix:
+        decoder.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    data = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": a.id,
+                "content": a.content,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": a.rstrip,
+                "normalized": False,
+                "special": a.special,
+            }
+            for a in sorted(added, key=lambda a: a.id)
+        ],
+        "normalizer": {"type": "Sequence", "normalizers": steps},
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoder},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": unk,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [list(m) for m in merges_from_scores(tokens, scores)],
+        },
+    }
+    return json.dumps(data, ensure_ascii=False)
