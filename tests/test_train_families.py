@@ -1,5 +1,6 @@
 """SFT through tunelab.train with the model's own tokenizer and template: a Gemma-style
-(SentencePiece) folder, a Llama-3-template folder, and a GGUF of each architecture."""
+(SentencePiece) folder, a Llama-3-template folder, a GGUF of each architecture, and Gemma 3 and
+Phi-3 GGUFs with their SentencePiece vocabularies (`tokenizer.ggml.model` "llama")."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_train, quick_sft_overrides
-from tests.models.gguf_fixtures import FAMILIES, hf_model, write_gguf
-from tests.models.sp_fixtures import CHATML_TEMPLATE, byte_level_folder, sp_folder
+from tests.models.gguf_fixtures import FAMILIES, hf_model, spm_vocab_size, write_gguf
+from tests.models.sp_fixtures import (
+    CHATML_TEMPLATE,
+    GEMMA_TEMPLATE,
+    PHI3_TEMPLATE,
+    byte_level_folder,
+    sp_folder,
+)
 from tests.models.test_gguf import _tiny_vocab
 from tunelab.models.loaders.hf_tokenizer import tokenizer_from_hf_json
 from tunelab.train import train
@@ -60,4 +67,37 @@ def test_sft_llama3_template_folder(tmp_path, toy_file) -> None:
 def test_sft_from_gguf(tmp_path, toy_file, family) -> None:
     model = hf_model(family, len(_tiny_vocab()[0]))
     path = write_gguf(model, family, tmp_path / f"{family}.gguf", CHATML_TEMPLATE)
+    _run(tmp_path, toy_file, path)
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "template", "prompt"),
+    [
+        pytest.param(
+            "gemma3",
+            "gemma",
+            GEMMA_TEMPLATE,
+            "<bos><start_of_turn>user\nhi<end_of_turn>\n",
+            id="gemma3",
+        ),
+        pytest.param(
+            "phi3",
+            "phi3",
+            PHI3_TEMPLATE,
+            "<|user|>\nhi<|end|>\n",
+            id="phi3",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_sft_from_sentencepiece_gguf(tmp_path, toy_file, family, kind, template, prompt) -> None:
+    from tunelab.data.prompts import get_style
+    from tunelab.data.records import Record
+    from tunelab.models.loaders.gguf import load_gguf
+
+    model = hf_model(family, spm_vocab_size(kind))
+    path = write_gguf(model, family, tmp_path / f"{family}.gguf", template, spm=kind)
+    _, tok = load_gguf(path)
+    assert tok.kind == "tokenizers" and tok.name == "gguf-spm"
+    assert get_style("model", tok).prompt(Record(instruction="hi")).startswith(prompt)
     _run(tmp_path, toy_file, path)
