@@ -20,6 +20,10 @@ from gguf import LlamaFileType
 
 from tunelab.exporters.chat_templates import ChatTemplates
 from tunelab.exporters.families import FamilyExport
+from tunelab.exporters.spm_vocab import CONTROL as SPM_CONTROL
+from tunelab.exporters.spm_vocab import UNKNOWN as SPM_UNKNOWN
+from tunelab.exporters.spm_vocab import USER_DEFINED as SPM_USER_DEFINED
+from tunelab.exporters.spm_vocab import spm_vocabulary
 from tunelab.exporters.tokenizer_files import CONTROL, GGUF_PRE, NORMAL, vocabulary
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
@@ -49,14 +53,69 @@ def _encode(arr: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q]:
     return gguf.quants.quantize(arr.astype(np.float32), qtype), qtype
 
 
+PHI3_NAMES = ("phi-3", "phi3")  # llama.cpp's rule: such a general.name rstrips special tokens
+PHI3_NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
+
+
+def gguf_name(name: str, tokenizer: Tokenizer, special: list[str]) -> str:
+    """general.name, as llama.cpp reads it: a name holding "phi3"/"phi-3" makes every special
+    token but <unk>, <s>, <|endoftext|> (and with </s>) take the white space after it, the one
+    strip attribute a GGUF can carry. The tokenizer's own strip flags decide the name."""
+    flags = getattr(tokenizer.encoding, "strip_flags", {})
+    if any(left for left, _ in flags.values()):
+        shown = next(t for t, (left, _) in flags.items() if left)
+        raise ValueError(f"format=gguf: special token {shown!r} strips white space before it")
+    rstrip = {t for t, (_, right) in flags.items() if right}
+    phi3_named = any(m in name.lower() for m in PHI3_NAMES)
+    if not rstrip:
+        if phi3_named:
+            raise ValueError(
+                f"format=gguf: general.name {name!r} turns on llama.cpp's Phi-3 white-space "
+                "stripping after special tokens, which this tokenizer does not do"
+            )
+        return name
+    expected = (set(special) - set(PHI3_NO_RSTRIP)) | {"</s>"}
+    needed = [t for t in ("</s>", *PHI3_NO_RSTRIP) if t not in special]
+    if rstrip != expected or needed:
+        raise ValueError(
+            f"format=gguf: special tokens stripping white space after them "
+            f"({', '.join(sorted(rstrip))}) are not llama.cpp's Phi-3 set (all but "
+            f"{', '.join(PHI3_NO_RSTRIP)}, with </s>), the only one a GGUF can carry"
+        )
+    return name if phi3_named else f"{name}-phi3"
+
+
+def _add_special_ids(w: gguf.GGUFWriter, tokenizer: Tokenizer, templates: ChatTemplates) -> None:
+    w.add_eos_token_id(tokenizer.eos_id)
+    if tokenizer.bos_id is not None:
+        w.add_bos_token_id(tokenizer.bos_id)
+    w.add_pad_token_id(tokenizer.pad_id)
+    turn_ends = [i for i in tokenizer.stop_ids if i != tokenizer.eos_id]
+    if turn_ends:
+        w.add_eot_token_id(turn_ends[0])
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+    w.add_chat_template(templates.jinja)
+
+
 def _add_tokenizer(
     w: gguf.GGUFWriter, tokenizer: Tokenizer, vocab_size: int, templates: ChatTemplates
-) -> None:
-    if tokenizer.kind != "tiktoken":
-        raise ValueError(
-            f"format=gguf: tokenizer {tokenizer.name!r} is a {tokenizer.kind}-library pipeline "
-            "(SentencePiece kinds); tunelab writes byte-level BPE tokenizers to GGUF only"
-        )
+) -> list[str]:
+    """Writes `tokenizer.ggml.*`; returns the special tokens (for `gguf_name`)."""
+    if tokenizer.kind != "tiktoken":  # SentencePiece kinds (Gemma 3, Phi-3, Llama 2)
+        spm = spm_vocabulary(tokenizer, vocab_size)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(spm.tokens)
+        w.add_token_scores(spm.scores)
+        w.add_token_types(spm.types)
+        if not spm.add_space_prefix:
+            w.add_add_space_prefix(False)
+        if spm.unk_id is not None:
+            w.add_unk_token_id(spm.unk_id)
+        _add_special_ids(w, tokenizer, templates)
+        kinds = (SPM_CONTROL, SPM_UNKNOWN, SPM_USER_DEFINED)
+        return [t for t, k in zip(spm.tokens, spm.types, strict=True) if k in kinds]
     vocab = vocabulary(tokenizer, vocab_size)
     if vocab.pretokenizer not in GGUF_PRE:
         raise ValueError(
@@ -68,16 +127,8 @@ def _add_tokenizer(
     w.add_token_list(vocab.tokens)
     w.add_token_types([CONTROL if s else NORMAL for s in vocab.special])
     w.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
-    w.add_eos_token_id(tokenizer.eos_id)
-    if tokenizer.bos_id is not None:
-        w.add_bos_token_id(tokenizer.bos_id)
-    w.add_pad_token_id(tokenizer.pad_id)
-    turn_ends = [i for i in tokenizer.stop_ids if i != tokenizer.eos_id]
-    if turn_ends:
-        w.add_eot_token_id(turn_ends[0])
-    w.add_add_bos_token(False)
-    w.add_add_eos_token(False)
-    w.add_chat_template(templates.jinja)
+    _add_special_ids(w, tokenizer, templates)
+    return [t for t, s in zip(vocab.tokens, vocab.special, strict=True) if s]
 
 
 def write_gguf(
@@ -105,10 +156,10 @@ def write_gguf(
 
     w = gguf.GGUFWriter(str(path), arch)
     try:
-        w.add_name(cfg.name)
         w.add_file_type(int(file_type))
         entry.gguf_hparams(w, cfg)
-        _add_tokenizer(w, tokenizer, cfg.vocab_size, templates)
+        special = _add_tokenizer(w, tokenizer, cfg.vocab_size, templates)
+        w.add_name(gguf_name(cfg.name, tokenizer, special))
         for name, data, dtype in tensors:
             w.add_tensor(name, data, raw_dtype=dtype)
         w.write_header_to_file()
