@@ -142,3 +142,18 @@ def test_spm_vocabularies_llama_cpp_would_tokenize_otherwise_are_refused(tmp_pat
     with pytest.raises(ValueError, match=r"general.name 'my-phi3-sft' turns on llama.cpp's Phi-3"):
         _export(tok, tmp_path / "c", name="my-phi3-sft")
     assert not (tmp_path / "c" / "g").exists()
+
+
+def test_phi3_sentencepiece_model_exports_to_ollama(tmp_path):
+    """format=ollama with a `tokenizers`-library tokenizer: the Modelfile stops on Phi-3's
+    end-of-turn pieces, the GGUF carries the SentencePiece vocabulary."""
+    tok = tokenizer_from_hf_json(sp_converted("phi3", tmp_path / "tok", _phi3_rstrip()))
+    model = tiny_model("tiny-llama", vocab_size=tok.vocab_size + 3)
+    ckpt = save_checkpoint(model, tok, "phi3", tmp_path / "m.ckpt")
+    out = export_model(str(ckpt), "ollama", tmp_path / "o", gguf_type="f32")
+    text = (out / "Modelfile").read_text(encoding="utf-8")
+    assert text.startswith("# Prompt style 'phi3'") and "FROM ./model.gguf" in text
+    stops = [line for line in text.splitlines() if line.startswith("PARAMETER stop")]
+    assert 'PARAMETER stop "<|end|>"' in stops and 'PARAMETER stop "<|endoftext|>"' in stops
+    fields = GGUFReader(out / "model.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"

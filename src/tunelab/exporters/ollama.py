@@ -18,7 +18,9 @@ GGUF_NAME = "model.gguf"
 
 
 def stop_strings(style: PromptStyle, tokenizer: Tokenizer) -> list[str]:
-    names = {i: s for s, i in tokenizer.encoding._special_tokens.items()}
+    enc = tokenizer.encoding  # tiktoken: _special_tokens; `tokenizers` pipelines: special_tokens
+    specials = getattr(enc, "_special_tokens", None) or getattr(enc, "special_tokens", {})
+    names = {i: s for s, i in specials.items()}
     tokens = [names[i] for i in tokenizer.stop_ids if i in names]
     return list(dict.fromkeys([*style.stop_strings, *tokens]))
 
