@@ -13,6 +13,7 @@ family's chat template) into `dir`.
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 from tokenizers import (
@@ -84,12 +85,13 @@ SPECIALS = {
 }
 
 
-def _train(normalize) -> dict[str, int]:
+@cache
+def _trained() -> str:
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalize
+    tok.normalizer = normalizers.Replace(" ", "▁")
     trainer = trainers.BpeTrainer(vocab_size=420, show_progress=False, special_tokens=["<unk>"])
     tok.train_from_iterator(CORPUS, trainer)
-    return json.loads(tok.to_str())["model"]["vocab"]
+    return tok.to_str()
 
 
 def sp_pieces(kind: str) -> tuple[list[str], list[float], list[int]]:
@@ -100,7 +102,7 @@ def sp_pieces(kind: str) -> tuple[list[str], list[float], list[int]]:
     -(their order), specials and bytes 0.
     """
     specials = SPECIALS[kind]
-    trained = _train(normalizers.Replace(" ", "▁"))
+    trained: dict[str, int] = json.loads(_trained())["model"]["vocab"]
     pieces = list(specials) + [f"<0x{b:02X}>" for b in range(256)]
     pieces += [t for t in sorted(trained, key=trained.get) if t not in pieces]
     n_fixed = len(specials) + 256

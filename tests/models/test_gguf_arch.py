@@ -124,3 +124,24 @@ def test_gguf_pretokenizers_equal_the_families_tokenizer_json(tmp_path, pre) -> 
     ref.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
     for text in PRE_TEXTS:
         assert tok.encode(text) == ref.encode(text, add_special_tokens=False).ids, text
+
+
+@pytest.mark.parametrize(("family", "kind"), [("gemma3", "gemma"), ("phi3", "phi3")])
+def test_sentencepiece_gguf_ids_and_logits_equal_the_folder(tmp_path, family, kind) -> None:
+    """A Gemma 3 / Phi-3 GGUF with its SentencePiece vocabulary: the text's ids equal the
+    folder's tokenizer.json, and the logits on them equal transformers' (F32: 1e-4)."""
+    from tokenizers import Tokenizer as RustTokenizer
+
+    from tests.models.gguf_fixtures import spm_vocab_size
+    from tests.models.sp_fixtures import sp_folder
+
+    ref = hf_model(family, spm_vocab_size(kind))
+    model, tok = load_gguf(write_gguf(ref, family, tmp_path / "m.gguf", spm=kind))
+    folder = RustTokenizer.from_file(str(sp_folder(kind, tmp_path / "tok") / "tokenizer.json"))
+    text = "The quick brown fox: 12345 naïve 日本語 🤗\n\tdef f(x): return x"
+    ids = tok.encode(text)
+    assert ids == folder.encode(text, add_special_tokens=False).ids and len(ids) > 10
+    with torch.no_grad():
+        expected = ref(torch.tensor([ids])).logits
+        got = model(torch.tensor([ids]))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
