@@ -157,3 +157,30 @@ def test_phi3_sentencepiece_model_exports_to_ollama(tmp_path):
     assert 'PARAMETER stop "<|end|>"' in stops and 'PARAMETER stop "<|endoftext|>"' in stops
     fields = GGUFReader(out / "model.gguf").fields
     assert fields["tokenizer.ggml.model"].contents() == "llama"
+
+
+@pytest.mark.parametrize("kind", ["gemma", "phi3", "llama2"])
+def test_tunelab_reads_the_spm_gguf_back_with_the_same_ids(kind, tmp_path):
+    """tunelab's GGUF reader tokenizes as llama.cpp does. Gemma (no space prefix): the same ids
+    everywhere, chat markers included. Metaspace kinds: the same ids for text that does not start
+    with white space; for text that does, llama.cpp's one extra prefix space (logged at export)."""
+    from tunelab.models.loaders.gguf import clear_cache, load_gguf
+
+    rstrip = _phi3_rstrip() if kind == "phi3" else set()
+    tok = tokenizer_from_hf_json(sp_converted(kind, tmp_path / "tok", rstrip))
+    path = _export(tok, tmp_path)
+    clear_cache()
+    _, back = load_gguf(path)
+    assert (back.eos_id, back.bos_id) == (tok.eos_id, tok.bos_id)
+    assert set(tok.stop_ids) <= set(back.stop_ids)
+    texts = [*TEXTS, "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"]
+
+    def pieces(ids):
+        return "".join(tok.encoding._tok.id_to_token(i) for i in ids)
+
+    for text in texts if kind == "gemma" else TEXTS:
+        ours, theirs = tok.encode(text), back.encode(text)
+        if kind == "gemma" or not text[0].isspace():
+            assert theirs == ours, text
+        else:
+            assert pieces(theirs) == "▁" + pieces(ours)
