@@ -1,13 +1,20 @@
-"""Summarise a forgetting/replay multirun: results.csv, results.md (table) and forgetting.png.
+"""Summarise forgetting/replay sweeps: results.csv (one row per job), results.md (means with 95%
+t-intervals over seeds, per setting and replay ratio) and the plots.
 
-    python experiments/forgetting_replay/report.py logs/forgetting_replay/multiruns/<date> \
-        --out experiments/forgetting_replay
+    python experiments/forgetting_replay/report.py logs/forgetting_cpt/multiruns/<date> [more ...] \
+        --base experiments/forgetting_replay/base --out experiments/forgetting_replay
 
-Reads every job folder under the multirun folder that holds a `metrics.json` (the final metrics
-written by `tunelab.train`), its resolved `config.yaml`, `.hydra/overrides.yaml` and, for the
-curves in the plot, `csv/metrics.csv`. Rows are grouped by everything the sweep varied besides
-the replay ratio (peak LR, schedule, seed, ...); "recovered" is the fraction of the r = 0 job's
-forgetting that replay removed in the same group: 1 - forgetting(r) / forgetting(0).
+Reads every job folder below the given folders that holds a `metrics.json` (written by
+`tunelab.train`), its resolved `config.yaml`, `.hydra/overrides.yaml`, `choice_eval.json` and, for
+the curves, `csv/metrics.csv`. A job's *setting* is its method (full or LoRA, from the resolved
+config), its peak LR and any other override that differs between jobs, seed and replay ratio
+aside; seeds of a setting and ratio are averaged (stats.py: mean ± t(0.975, n-1)·s/√n).
+
+Loss (nats/token, held-out blocks): forgetting = old loss - old loss@0, adaptation = new loss@0 -
+new loss. Multiple choice (accuracy): MC forgetting = old-set acc@0 - old-set acc, MC adaptation =
+new-set acc - new-set acc@0; acc@0 is the job's own step-0 measurement (ChoiceEval at_start) or,
+without one, the base model's (`--base`: the run folder of the base, whose final model every job
+starts from). "reduction" = 1 - mean F(r) / mean F(0) within a setting (Ibrahim et al.'s measure).
 """
 
 from __future__ import annotations
@@ -22,13 +29,18 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stats import Interval, reduction, t_interval  # noqa: E402
+
+IGNORED_OVERRIDES = ("data.replay_ratio=", "seed=", "optimizer.lr=", "hparams_search=")
 COLUMNS = [
-    "group",
+    "setting",
+    "method",
+    "peak_lr",
+    "seed",
     "replay_ratio",
     "replay_ratio_realised",
-    "peak_lr",
-    "schedule",
-    "seed",
+    "old_blocks",
     "steps",
     "train_tokens",
     "old_loss@0",
@@ -37,8 +49,20 @@ COLUMNS = [
     "new_loss",
     "forgetting",
     "adaptation",
-    "recovered",
+    "old_acc@0",
+    "new_acc@0",
+    "old_acc",
+    "new_acc",
+    "mc_forgetting",
+    "mc_adaptation",
     "job",
+]
+# (row key, table heading) of the quantities averaged over seeds
+MEASURES = [
+    ("forgetting", "forgetting (loss)"),
+    ("adaptation", "adaptation (loss)"),
+    ("mc_forgetting", "MC forgetting (old acc drop)"),
+    ("mc_adaptation", "MC adaptation (new acc gain)"),
 ]
 
 
@@ -51,41 +75,65 @@ def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return node
 
 
-def find_jobs(sweep_dir: Path) -> list[Path]:
-    """Job folders (holding metrics.json) under a multirun folder, in job-number order."""
-    jobs = [p.parent for p in sweep_dir.rglob("metrics.json")]
+def find_jobs(folder: Path) -> list[Path]:
+    """Job folders (holding metrics.json) below a folder, in path order (numbers numerically)."""
 
-    def key(p: Path) -> tuple[int, str]:
-        return (int(p.name), "") if p.name.isdigit() else (sys.maxsize, str(p))
+    def key(p: Path) -> list[tuple[int, str]]:
+        return [(int(s), "") if s.isdigit() else (sys.maxsize, s) for s in p.parts]
 
-    return sorted(jobs, key=key)
+    return sorted((p.parent for p in folder.rglob("metrics.json")), key=key)
 
 
-def read_job(job: Path) -> dict[str, Any]:
+def base_accuracies(base: Path | None) -> dict[str, float]:
+    """choice/<set>/acc of the base run's final model (its metrics.json), {} without one."""
+    if base is None:
+        return {}
+    path = base / "metrics.json" if base.is_dir() else base
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.json of the base run")
+    metrics = json.loads(path.read_text())
+    return {
+        k: float(v) for k, v in metrics.items() if k.startswith("choice/") and k.endswith("/acc")
+    }
+
+
+def step0_accuracies(job: Path) -> dict[str, float]:
+    """choice/<set>/acc measured at step 0 by the job itself (ChoiceEval at_start), if it did."""
+    path = job / "choice_eval.json"
+    if not path.is_file():
+        return {}
+    history = json.loads(path.read_text()).get("history", [])
+    first = next((h for h in history if h.get("step") == 0), None)
+    return {k: float(v) for k, v in (first or {}).items() if k.endswith("/acc")}
+
+
+def read_job(job: Path, base_acc: dict[str, float], old_set: str, new_set: str) -> dict[str, Any]:
     metrics = json.loads((job / "metrics.json").read_text())
     cfg_path = job / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
     ov_path = job / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(ov_path.read_text()) if ov_path.exists() else []
+    overrides = (yaml.safe_load(ov_path.read_text()) if ov_path.exists() else None) or []
     missing = [k for k in ("forgetting", "adaptation", "val/old_loss") if k not in metrics]
     if missing:
         raise KeyError(f"{job / 'metrics.json'}: no {missing} (was it a task=cpt run with replay?)")
     ratio = _get(cfg, "data.replay_ratio")
-    for ov in overrides or []:
+    for ov in overrides:
         if ov.startswith("data.replay_ratio="):
             ratio = ov.split("=", 1)[1]
     if ratio is None:
         raise KeyError(f"{job}: cannot find data.replay_ratio in config.yaml or overrides")
     steps = int(metrics.get("global_step", 0))
     batch, block = _get(cfg, "data.batch_size"), _get(cfg, "data.block_len")
-    return {
-        "group": "-",
-        "overrides": [ov for ov in overrides or [] if not ov.startswith("data.replay_ratio=")],
-        "replay_ratio": float(ratio),
-        "replay_ratio_realised": metrics.get("train/replay_ratio_realised"),
+    realised = metrics.get("train/replay_ratio_realised")
+    acc0 = {**base_acc, **step0_accuracies(job)}
+    row: dict[str, Any] = {
+        "overrides": [ov for ov in overrides if not ov.startswith(IGNORED_OVERRIDES)],
+        "method": "lora" if _get(cfg, "model.lora") else "full",
         "peak_lr": _get(cfg, "callbacks.lr_schedule.peak_lr") or _get(cfg, "optimizer.lr"),
-        "schedule": _get(cfg, "callbacks.lr_schedule.schedule", "cosine"),
         "seed": _get(cfg, "seed"),
+        "replay_ratio": float(ratio),
+        "replay_ratio_realised": realised,
+        "old_blocks": (round(realised * steps * batch) if realised is not None and batch else None),
         "steps": steps,
         "train_tokens": int(metrics.get("train/tokens_seen", steps * (batch or 0) * (block or 0))),
         "old_loss@0": metrics["val/old_loss@0"],
@@ -94,247 +142,186 @@ def read_job(job: Path) -> dict[str, Any]:
         "new_loss": metrics["val/new_loss"],
         "forgetting": metrics["forgetting"],
         "adaptation": metrics["adaptation"],
-        "recovered": None,
         "job": str(job),
+        "job_path": job,
     }
+    for side, name in (("old", old_set), ("new", new_set)):
+        key = f"choice/{name}/acc"
+        row[f"{side}_acc"] = metrics.get(key)
+        row[f"{side}_acc@0"] = acc0.get(key)
+    row["mc_forgetting"] = _diff(row["old_acc@0"], row["old_acc"])
+    row["mc_adaptation"] = _diff(row["new_acc"], row["new_acc@0"])
+    return row
 
 
-def add_recovered(rows: list[dict[str, Any]]) -> None:
-    """recovered = 1 - forgetting(r) / forgetting(0) within each group (None without r = 0)."""
-    base = {r["group"]: r["forgetting"] for r in rows if r["replay_ratio"] == 0.0}
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def collect(
+    folders: list[Path],
+    base: Path | None = None,
+    old_set: str = "old_cloze",
+    new_set: str = "new_code",
+) -> list[dict[str, Any]]:
+    base_acc = base_accuracies(base)
+    rows = []
+    for folder in folders:
+        jobs = find_jobs(folder)
+        if not jobs:
+            raise FileNotFoundError(f"{folder}: no job folder with a metrics.json")
+        for j in jobs:
+            row = read_job(j, base_acc, old_set, new_set)
+            row["job"] = str(j.relative_to(folder.parent))
+            rows.append(row)
+    # Overrides that differ between jobs (besides seed, ratio, LR) also name a setting.
+    sets = [set(r["overrides"]) for r in rows]
+    varying = set.union(*sets) - set.intersection(*sets)
     for r in rows:
-        f0 = base.get(r["group"])
-        r["recovered"] = 1.0 - r["forgetting"] / f0 if f0 is not None and f0 > 0 else None
-
-
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    jobs = find_jobs(sweep_dir)
-    if not jobs:
-        raise FileNotFoundError(f"{sweep_dir}: no job folder with a metrics.json")
-    rows = [read_job(j) for j in jobs]
-    # Overrides that differ between jobs (peak LR, schedule, seed, ...) name a row's group.
-    varying = {ov for r in rows for ov in r["overrides"]} - set.intersection(
-        *(set(r["overrides"]) for r in rows)
-    )
-    for r in rows:
-        r["group"] = " ".join(sorted(ov for ov in r.pop("overrides") if ov in varying)) or "-"
-        r["job"] = str(Path(r["job"]).relative_to(sweep_dir))
-        r["job_path"] = Path(sweep_dir) / r["job"]
-    rows.sort(key=lambda r: (r["group"], r["replay_ratio"]))
-    add_recovered(rows)
+        extra = " ".join(sorted(ov for ov in r.pop("overrides") if ov in varying))
+        r["setting"] = f"{r['method']} lr={r['peak_lr']:g}" + (f" {extra}" if extra else "")
+    rows.sort(key=lambda r: (r["setting"], r["replay_ratio"], str(r["seed"])))
     return rows
 
 
-def _base_group(group: str) -> str:
-    return " ".join(t for t in group.split() if not t.startswith("seed=")) or "-"
-
-
-def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over jobs that differ only by their seed: one row per (group, ratio), with ranges."""
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (setting, ratio): a t-interval per measure, reductions vs r = 0."""
     buckets: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
-        buckets.setdefault((_base_group(r["group"]), r["replay_ratio"]), []).append(r)
+        buckets.setdefault((r["setting"], r["replay_ratio"]), []).append(r)
     out = []
-    for (group, ratio), rs in sorted(buckets.items()):
-        row: dict[str, Any] = {"group": group, "replay_ratio": ratio, "n": len(rs)}
-        for k in ("old_loss", "new_loss", "forgetting", "adaptation"):
-            vals = [r[k] for r in rs]
-            row[k], row[k + "_min"], row[k + "_max"] = sum(vals) / len(vals), min(vals), max(vals)
-        out.append(row)
-    add_recovered(out)
+    for (setting, ratio), rs in sorted(buckets.items()):
+        s: dict[str, Any] = {
+            "setting": setting,
+            "method": rs[0]["method"],
+            "peak_lr": rs[0]["peak_lr"],
+            "replay_ratio": ratio,
+            "n": len(rs),
+            "seeds": sorted(str(r["seed"]) for r in rs),
+            "old_blocks": rs[0]["old_blocks"],
+        }
+        for key, _ in MEASURES:
+            vals = [r[key] for r in rs if r[key] is not None]
+            s[key] = t_interval(vals) if vals else None
+        out.append(s)
+    zero = {s["setting"]: s for s in out if s["replay_ratio"] == 0.0}
+    for s in out:
+        z = zero.get(s["setting"])
+        for key, name in (("forgetting", "reduction"), ("mc_forgetting", "mc_reduction")):
+            f, f0 = s[key], (z or {}).get(key)
+            s[name] = reduction(f.mean, f0.mean) if f is not None and f0 is not None else None
     return out
 
 
-def group_order(rows: list[dict[str, Any]], key: str = "group") -> list[str]:
-    """Groups by falling forgetting at r = 0 (the forgetting regime first), then by name."""
-    f0: dict[str, list[float]] = {}
-    for r in rows:
-        if r["replay_ratio"] == 0.0:
-            f0.setdefault(r[key], []).append(r["forgetting"])
-    names = {r[key] for r in rows}
-    return sorted(names, key=lambda g: (-sum(f0.get(g, [0.0])) / len(f0.get(g, [0.0])), g))
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def fmt_interval(iv: Interval | None, digits: int = 3, scale: float = 1.0) -> str:
+    if iv is None:
         return "n/a"
-    return f"{v:+.{digits}f}" if isinstance(v, float) else str(v)
+    text = f"{scale * iv.mean:+.{digits}f}"
+    if iv.half is not None:
+        text += f" ± {scale * iv.half:.{digits}f}"
+    return text
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """ratio, old loss, new loss, forgetting, adaptation, recovered (one table per group)."""
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.0f}%"
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    """Means ± 95% t half-widths, one table per setting."""
     out = []
-    means = seed_means(rows)
-    if any(m["n"] > 1 for m in means):
-        out.append("**Mean over seeds** (min to max in brackets)\n")
+    for setting in sorted({s["setting"] for s in summary}):
+        sub = [s for s in summary if s["setting"] == setting]
+        out.append(f"**{setting}** (mean ± 95% t-interval half-width over seeds)\n")
         out.append(
-            "| replay ratio r | seeds | old loss | new loss | forgetting | adaptation "
-            "| forgetting recovered vs r = 0 |"
+            "| r | seeds | old blocks | forgetting (loss) | adaptation (loss) | reduction "
+            "| MC forgetting (pts) | MC adaptation (pts) | MC reduction |"
         )
-        out.append("|---:|---:|---:|---:|---:|---:|---:|")
-        order = group_order(means)
-        for m in sorted(means, key=lambda m: (order.index(m["group"]), m["replay_ratio"])):
-            rec = "n/a" if m["recovered"] is None else f"{100 * m['recovered']:.0f}%"
-            label = "" if m["group"] == "-" else f" ({m['group']})"
-            spans = {
-                k: f" [{_fmt(m[k + '_min'])}, {_fmt(m[k + '_max'])}]" if m["n"] > 1 else ""
-                for k in ("forgetting", "adaptation")
-            }
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for s in sub:
             out.append(
-                f"| {m['replay_ratio']:g}{label} | {m['n']} | {m['old_loss']:.4f} "
-                f"| {m['new_loss']:.4f} | {_fmt(m['forgetting'])}{spans['forgetting']} "
-                f"| {_fmt(m['adaptation'])}{spans['adaptation']} | {rec} |"
-            )
-        out.append("")
-    groups = group_order(rows)
-    for g in groups:
-        sub = [r for r in rows if r["group"] == g]
-        if len(groups) > 1:
-            out.append(f"**{'experiment defaults' if g == '-' else g}**\n")
-        s = sub[0]
-        out.append(
-            f"Step 0 (before any update): old loss {s['old_loss@0']:.4f}, "
-            f"new loss {s['new_loss@0']:.4f}.\n"
-        )
-        out.append(
-            "| replay ratio r | realised | old loss | new loss | forgetting | adaptation "
-            "| forgetting recovered vs r = 0 |"
-        )
-        out.append("|---:|---:|---:|---:|---:|---:|---:|")
-        for r in sub:
-            rec = "n/a" if r["recovered"] is None else f"{100 * r['recovered']:.0f}%"
-            realised = r["replay_ratio_realised"]
-            out.append(
-                f"| {r['replay_ratio']:g} | {'n/a' if realised is None else f'{realised:.4f}'} "
-                f"| {r['old_loss']:.4f} | {r['new_loss']:.4f} | {_fmt(r['forgetting'])} "
-                f"| {_fmt(r['adaptation'])} | {rec} |"
+                f"| {s['replay_ratio']:g} | {s['n']} "
+                f"| {'n/a' if s['old_blocks'] is None else s['old_blocks']} "
+                f"| {fmt_interval(s['forgetting'])} | {fmt_interval(s['adaptation'])} "
+                f"| {_pct(s['reduction'])} "
+                f"| {fmt_interval(s['mc_forgetting'], 1, 100)} "
+                f"| {fmt_interval(s['mc_adaptation'], 1, 100)} | {_pct(s['mc_reduction'])} |"
             )
         out.append("")
     return "\n".join(out)
 
 
-def read_curve(job: Path) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) of val/old_loss and val/new_loss at every validation, from csv/metrics.csv."""
-    path = job / "csv" / "metrics.csv"
-    curves: dict[str, list[tuple[int, float]]] = {"val/old_loss": [], "val/new_loss": []}
-    if not path.exists():
-        return curves
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            for k, pts in curves.items():
-                if row.get(k):
-                    step = int(row["step"])
-                    # Validation after the last step is logged at (steps - 1): plot it at steps.
-                    pts.append((step, float(row[k])))
-    for k, pts in curves.items():
-        curves[k] = [(s + 1 if i else s, v) for i, (s, v) in enumerate(pts)]
-    return curves
+def bars(summary: list[dict[str, Any]]) -> list[str]:
+    """The issue's checks per setting: forgetting at r = 0 >= 3 seed sd (loss, MC); adaptation
+    > 0 at every r (loss and MC, the mean's interval above 0)."""
+    lines = []
+    for setting in sorted({s["setting"] for s in summary}):
+        sub = [s for s in summary if s["setting"] == setting]
+        zero = next((s for s in sub if s["replay_ratio"] == 0.0), None)
+        for key, label in (("forgetting", "loss"), ("mc_forgetting", "MC")):
+            iv = zero and zero[key]
+            if iv is None or iv.sd is None:
+                lines.append(f"- {setting}: {label} forgetting at r = 0: fewer than 2 seeds")
+                continue
+            ratio = iv.mean / iv.sd if iv.sd > 0 else math.inf
+            lines.append(
+                f"- {setting}: {label} forgetting at r = 0 = {iv.mean:+.4f}, seed sd "
+                f"{iv.sd:.4f}: {ratio:.1f}x the sd ({'met' if ratio >= 3 else 'NOT met'}: >= 3x)"
+            )
+        for key, label in (("adaptation", "loss"), ("mc_adaptation", "MC")):
+            ivs = [(s["replay_ratio"], s[key]) for s in sub if s[key] is not None]
+            low = [r for r, iv in ivs if (iv.lo if iv.lo is not None else iv.mean) <= 0]
+            lines.append(
+                f"- {setting}: {label} adaptation > 0 (interval above 0) at "
+                f"{len(ivs) - len(low)} of {len(ivs)} ratios"
+                + (f"; not at r = {', '.join(f'{r:g}' for r in low)}" if low else "")
+            )
+    return lines
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    xs_all = sorted({r["replay_ratio"] for r in rows})
-    # Symmetric-log x axis: the interesting part is the first few percent of replay.
-    means = seed_means(rows)
-    bases = group_order(means)
-    for i, g in enumerate(bases):
-        sub = [m for m in means if m["group"] == g]
-        xs = [m["replay_ratio"] for m in sub]
-        seeds = max(m["n"] for m in sub)
-        label = ("" if len(bases) == 1 else f" ({g})") + (
-            f" (mean of {seeds} seeds)" if seeds > 1 else ""
-        )
-        style = ("-", "--") if i == 0 else ("-.", ":")
-        colors = (f"C{3 + 2 * i}", f"C{2 * i}")
-        for key, marker, ls, color in (
-            ("forgetting", "o", style[0], colors[0]),
-            ("adaptation", "s", style[1], colors[1]),
-        ):
-            ax1.plot(xs, [m[key] for m in sub], marker + ls, color=color, label=key + label)
-            if seeds > 1:  # every job of the group as a faint point
-                jobs = [r for r in rows if _base_group(r["group"]) == g]
-                ax1.scatter(
-                    [r["replay_ratio"] for r in jobs],
-                    [r[key] for r in jobs],
-                    s=12,
-                    color=color,
-                    alpha=0.4,
-                )
-    ax1.axhline(0.0, color="grey", lw=0.8)
-    ax1.set_xscale("symlog", linthresh=0.01)
-    ax1.set_xlim(-0.002, max(xs_all) * 1.15 if xs_all else 1.0)
-    ax1.set_xticks(xs_all)
-    ax1.set_xticklabels([f"{x:g}" for x in xs_all])
-    ax1.set_xlabel("replay ratio r (fraction of training blocks from the old domain)")
-    ax1.set_ylabel("loss change (nats/token)")
-    ax1.set_title(
-        "forgetting = old loss - old loss@0; adaptation = new loss@0 - new loss", fontsize=9
-    )
-    ax1.legend(fontsize=8)
-    cmap = plt.get_cmap("viridis")
-    # Curves of the group that forgets most at r = 0 (the regime the study is about).
-    zero = [r for r in rows if r["replay_ratio"] == 0.0] or rows
-    shown = max(zero, key=lambda r: r["forgetting"])["group"]
-    first = [r for r in rows if r["group"] == shown]
-    for i, r in enumerate(sorted(first, key=lambda r: r["replay_ratio"])):
-        curves = read_curve(r.get("job_path", Path(r["job"])))
-        color = cmap(i / max(1, len(first) - 1))
-        for key, style in (("val/old_loss", "-"), ("val/new_loss", ":")):
-            pts = curves[key]
-            if pts:
-                ax2.plot(*zip(*pts, strict=True), style, marker=".", color=color)
-        ax2.plot([], [], "-", color=color, label=f"r = {r['replay_ratio']:g}")
-    ax2.plot([], [], "-", color="k", label="old (prose)")
-    ax2.plot([], [], ":", color="k", label="new (Python)")
-    ax2.set_xlabel("optimizer step")
-    ax2.set_ylabel("held-out loss (nats/token)")
-    title = "held-out loss during continued pretraining"
-    ax2.set_title(title + ("" if shown == "-" else f" ({shown})"), fontsize=9)
-    ax2.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sweep_dir", type=Path, help="the multirun folder (logs/.../multiruns/<date>)")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: sweep_dir)")
-    p.add_argument("--no-plot", action="store_true", help="skip forgetting.png")
+    p.add_argument("folders", type=Path, nargs="+", help="multirun folders (or job folders)")
+    p.add_argument("--base", type=Path, default=None, help="the base run (its metrics.json)")
+    p.add_argument("--old-set", default="old_cloze", help="old-domain ChoiceEval set name")
+    p.add_argument("--new-set", default="new_code", help="new-domain ChoiceEval set name")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: 1st folder)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir}: not a folder", file=sys.stderr)
-        return 1
+    for folder in args.folders:
+        if not folder.is_dir():
+            print(f"error: {folder}: not a folder", file=sys.stderr)
+            return 1
     try:
-        rows = collect(args.sweep_dir)
-    except (FileNotFoundError, KeyError) as e:
+        rows = collect(args.folders, args.base, args.old_set, args.new_set)
+    except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
-    out = args.out or args.sweep_dir
+    summary = summarise(rows)
+    out = args.out or args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
-    table = markdown_table(rows)
-    (out / "results.md").write_text(table + "\n")
+    text = markdown_table(summary) + "\n**Bars**\n\n" + "\n".join(bars(summary)) + "\n"
+    tmp = out / "results.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "results.md")
+    written = [out / "results.csv", out / "results.md"]
     if not args.no_plot:
-        plot(rows, out / "forgetting.png")
-    print(table)
-    print(
-        f"wrote {out / 'results.csv'}, {out / 'results.md'}"
-        + ("" if args.no_plot else f", {out / 'forgetting.png'}")
-    )
+        from plots import plot_curves, plot_replay
+
+        written += plot_replay(summary, out)
+        written += plot_curves(rows, out)
+    print(text)
+    print("wrote " + ", ".join(str(w) for w in written))
     return 0
 
 

@@ -215,4 +215,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         rope_base=10000.0,
         tokenizer="gpt2",
     ),
+    # A small Llama shape over bytes (vocab 257) that two CPU cores pretrain from scratch in
+    # minutes: the forgetting study's model (experiments/forgetting_replay), 0.82M parameters.
+    "tiny-llama-bytes": dict(
+        family="llama",
+        vocab_size=257,
+        context_length=256,
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=128,
+        intermediate_size=384,
+        norm_eps=1e-5,
+        rope_base=10000.0,
+        tie_embeddings=True,
+        tokenizer="bytes",
+    ),
 }

@@ -315,15 +315,30 @@ def gpt2_tokenizer() -> Tokenizer:
     return _GPT2_CACHE
 
 
+def bytes_tokenizer() -> Tokenizer:
+    """One token per UTF-8 byte (ids 0-255) plus `<|endoftext|>` = 256: no merges, vocab 257.
+
+    For small models trained from scratch (the forgetting study's preset `tiny-llama-bytes`),
+    where a 50k-token vocabulary would cost more than the model itself.
+    """
+    ranks = {bytes([b]): b for b in range(256)}
+    enc = tiktoken.Encoding(
+        name="bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={GPT2_EOT: 256}
+    )
+    return Tokenizer(enc, eos_id=256, pad_id=256, name="bytes", stop_ids=[256])
+
+
 def tokenizer_by_name(name: str) -> Tokenizer:
-    """Tokenizer for a preset's `tokenizer` id that needs no model file (`gpt2`).
+    """Tokenizer for a preset's `tokenizer` id that needs no model file (`gpt2`, `bytes`).
 
     Tokenizers that come with a model file (SmolLM2's GGUF) are loaded with it, by
     `tunelab.models.api` (this module stays below the file-format loaders).
     """
     if name == "gpt2":
         return gpt2_tokenizer()
+    if name == "bytes":
+        return bytes_tokenizer()
     raise KeyError(
-        f"unknown tokenizer {name!r}; known here: gpt2 (smollm2 comes with its GGUF: "
+        f"unknown tokenizer {name!r}; known here: gpt2, bytes (smollm2 comes with its GGUF: "
         "tunelab.models.api.preset_tokenizer; or a checkpoint's tokenizer.json)"
     )
