@@ -23,7 +23,9 @@ How llama.cpp's `llama-vocab.cpp` tokenizes them, reproduced here in the `tokeni
   (llama.cpp strips ASCII white space there; the Unicode White_Space that `tokenizers` and HF's
   Phi-3 tokenizer strip differs only for non-ASCII spaces right after a marker.)
 
-Merges stored in the file are ignored, as llama.cpp ignores them for this type. Refused in one line:
+Merges stored in the file are ignored, as llama.cpp ignores them for this type. (transformers'
+own GGUF reader ranks Gemma's merges by piece id instead of score, to match Gemma's HF
+tokenizer.json; where a file's scores and ids disagree, this reader follows llama.cpp.) Refused in one line:
 missing scores or token types, a pre-tokenizer other than "default", a precompiled normalizer,
 `remove_extra_whitespaces`, missing byte pieces, duplicate or empty pieces, and two mergeable normal
 pieces with the same score (llama.cpp breaks that tie by position; a merge list cannot).
@@ -31,6 +33,7 @@ pieces with the same score (llama.cpp breaks that tie by position; a merge list 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +41,12 @@ from typing import Any
 from tunelab.models.tokenizer import Tokenizer
 from tunelab.models.tokenizers.byte_level import stop_ids_for
 from tunelab.models.tokenizers.library import LibraryEncoding
-from tunelab.models.tokenizers.spm import AddedPiece, score_ties, spm_tokenizer_json
+from tunelab.models.tokenizers.spm import (
+    AddedPiece,
+    merges_from_scores,
+    score_ties,
+    spm_tokenizer_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +156,8 @@ def spm_tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokeni
     for i, tok in enumerate(tokens):
         if tok in LLAMA_CPP_CONTROL_NAMES and types[i] in (NORMAL, USER_DEFINED, UNUSED):
             types[i] = CONTROL
-    tie = score_ties(tokens, scores, (i for i, t in enumerate(types) if t == NORMAL))
+    merges = merges_from_scores(tokens, scores)
+    tie = score_ties(tokens, scores, merges, (i for i, t in enumerate(types) if t == NORMAL))
     if tie is not None:
         a, b = tie
         raise ValueError(
@@ -177,10 +186,10 @@ def spm_tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokeni
     add_space_prefix = bool(meta("tokenizer.ggml.add_space_prefix", True))
     if meta("tokenizer.ggml.merges", None) is not None:
         log.info("%s: SentencePiece vocabulary: merges ignored (ranked by score)", source)
-    text = spm_tokenizer_json(
-        tokens, scores, added, None if unk is None else tokens[unk], add_space_prefix
+    data = spm_tokenizer_json(
+        tokens, merges, added, None if unk is None else tokens[unk], add_space_prefix
     )
-    enc = LibraryEncoding(text, "gguf-spm", source)
+    enc = LibraryEncoding(json.dumps(data, ensure_ascii=False), "gguf-spm", source, data=data)
     eos = token_id("eos_token_id")
     if eos is None:
         raise ValueError(f"{source}: no tokenizer.ggml.eos_token_id")

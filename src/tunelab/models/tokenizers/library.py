@@ -73,10 +73,13 @@ class LibraryEncoding:
     start the input, as `tokenizers` decides by the piece's offset).
     """
 
-    def __init__(self, text: str, name: str, source: str) -> None:
+    def __init__(
+        self, text: str, name: str, source: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """`data`: `text` already parsed (saves parsing a large vocabulary twice)."""
         self.name = name
         self.source = source
-        data = json.loads(text)
+        data = json.loads(text) if data is None else data
         model = data.get("model") or {}
         if model.get("dropout") not in (None, 0, 0.0):
             raise ValueError(

@@ -15,43 +15,64 @@ merges) are refused by the caller; see `score_ties`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 SPACE = "▁"
 
 
-def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
-    """Every (left, right) split of every piece into two pieces, best piece score first.
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Millions of small tuples: the cyclic collector would rescan them again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[list[str]]:
+    """Every [left, right] split of every piece into two pieces, best piece score first.
 
     Equal scores are ordered as transformers orders the merges it derives from a SentencePiece
     model: longer left part first, then id (see `score_ties` for when that order matters).
     """
-    index = {t: i for i, t in enumerate(tokens)}
-    found: list[tuple[float, int, int, int]] = []
-    for i, piece in enumerate(tokens):
-        for k in range(1, len(piece)):
-            if piece[:k] in index and piece[k:] in index:
-                found.append((-float(scores[i]), -k, k - len(piece), i))
-    found.sort()
-    return [(tokens[i][:-neg_k], tokens[i][-neg_k:]) for _, neg_k, _, i in found]
+    index = dict.fromkeys(tokens)
+    with _no_gc():
+        found = []
+        for i, piece in enumerate(tokens):
+            n = len(piece)
+            if n < 2:
+                continue
+            score = -float(scores[i])
+            for k in range(1, n):
+                if piece[:k] in index and piece[k:] in index:
+                    found.append((score, -k, k - n, i))
+        found.sort()
+        return [[tokens[i][:-neg_k], tokens[i][-neg_k:]] for _, neg_k, _, i in found]
 
 
 def score_ties(
-    tokens: Sequence[str], scores: Sequence[float], ids: Iterable[int]
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    merges: Sequence[Sequence[str]],
+    ids: Iterable[int],
 ) -> tuple[int, int] | None:
-    """Two of `ids` that merges can form and that share a score, or None.
+    """Two of `ids` that `merges` form and that share a score, or None.
 
     llama.cpp breaks a tie between equal-scored candidate pairs by position (leftmost first); a
     ranked merge list cannot, so such a vocabulary is not reproduced exactly.
     """
     index = {t: i for i, t in enumerate(tokens)}
+    formed = {index[left + right] for left, right in merges}
     seen: dict[float, int] = {}
     for i in ids:
-        piece = tokens[i]
-        if not any(piece[:k] in index and piece[k:] in index for k in range(1, len(piece))):
+        if i not in formed:
             continue
         score = float(scores[i])
         if score in seen:
@@ -73,15 +94,16 @@ class AddedPiece:
 
 def spm_tokenizer_json(
     tokens: Sequence[str],
-    scores: Sequence[float],
+    merges: Sequence[Sequence[str]],
     added: Sequence[AddedPiece],
     unk: str | None,
     add_space_prefix: bool,
-) -> str:
-    """The `tokenizer.json` that tokenizes as llama.cpp's SPM tokenizer does.
+) -> dict[str, Any]:
+    """The `tokenizer.json` (as a dict) that tokenizes as llama.cpp's SPM tokenizer does.
 
-    `add_space_prefix`: every text fragment (the whole text, or the text after a token matched
-    whole) starts with "▁", as llama.cpp prepends " " to such fragments.
+    `merges`: `merges_from_scores`. `add_space_prefix`: every text fragment (the whole text, or
+    the text after a token matched whole) starts with "▁", as llama.cpp prepends " " to such
+    fragments.
     """
     vocab = {t: i for i, t in enumerate(tokens)}
     replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
@@ -125,7 +147,7 @@ def spm_tokenizer_json(
             "byte_fallback": True,
             "ignore_merges": False,
             "vocab": vocab,
-            "merges": [list(m) for m in merges_from_scores(tokens, scores)],
+            "merges": merges,
         },
     }
-    return json.dumps(data, ensure_ascii=False)
+    return data
