@@ -158,3 +158,27 @@ def test_gguf_export_reads_back_with_equal_logits(model_type, tmp_path):
         assert all(
             torch.equal(back.state_dict()[k], v) for k, v in state.items() if k != "lm_head.weight"
         )
+
+
+def test_files_that_read_back_as_another_model_are_refused(tmp_path):
+    """The safety net behind the entries' own checks: config.json and GGUF metadata are read back
+    by tunelab's readers, and a field that comes back different is refused, naming it."""
+    import dataclasses
+
+    from tunelab.exporters.families import family_export
+    from tunelab.exporters.gguf import check_read_back as gguf_read_back
+    from tunelab.exporters.hf import check_read_back as hf_read_back
+
+    model, ckpt = _checkpoint(_hf_model(*GGUF_CONFIGS["gemma3_text"]), tmp_path)
+    cfg = model.cfg
+    hf_read_back(family_export(cfg, "hf").hf_config(cfg), cfg, "gemma3_text")  # the same model
+    eps = dataclasses.replace(cfg, norm_eps=1e-5)
+    config = family_export(eps, "hf").hf_config(eps)
+    del config["rms_norm_eps"]  # Gemma 3's default, 1e-6, would be read
+    with pytest.raises(ValueError, match=r"cannot express norm_eps=1e-05 \(it reads back as 1e-06"):
+        hf_read_back(config, eps, "gemma3_text")
+    out = export_model(str(ckpt), "gguf", tmp_path / "g", gguf_type="f32")
+    gguf_read_back(out / "model.gguf", cfg, "gemma3")
+    other = dataclasses.replace(cfg, rope_local_base=5000.0)
+    with pytest.raises(ValueError, match=r"gemma3 metadata cannot express rope_local_base=5000.0"):
+        gguf_read_back(out / "model.gguf", other, "gemma3")
