@@ -105,6 +105,7 @@ def add_spm_vocab(
         "pad": None if conf["pad"] is None else pieces.index(conf["pad"]),
         "add_bos": conf["add_bos"],
         "add_space_prefix": False if arch == "gemma3" else None,
+        "merges": None,
     }
     if edit is not None:
         edit(f)
@@ -121,6 +122,7 @@ def add_spm_vocab(
         "pad": w.add_pad_token_id,
         "add_bos": w.add_add_bos_token,
         "add_space_prefix": w.add_add_space_prefix,
+        "merges": w.add_token_merges,
     }
     for key, value in f.items():
         if value is not None:

@@ -163,6 +163,12 @@ def test_llama_cpp_rules_for_what_the_file_leaves_open(tmp_path) -> None:
         write_spm_vocab_gguf("phi3", tmp_path / "named.gguf")
     ).encode(text)
 
+    # merges in the file are ignored, as llama.cpp ignores them for this tokenizer type
+    merged = write_spm_vocab_gguf("gemma", tmp_path / "m.gguf", edit=_edit(merges=["▁ t", "h e"]))
+    plain = write_spm_vocab_gguf("gemma", tmp_path / "p.gguf")
+    for text in MORE:
+        assert tokenizer_from_gguf(merged).encode(text) == tokenizer_from_gguf(plain).encode(text)
+
     # an end-of-turn piece typed normal is a control token in llama.cpp; user-defined pieces are
     # matched even in user text
     def retype(f):
