@@ -88,21 +88,23 @@ def test_traits_no_entry_writes_are_refused(tmp_path):
         export_model(str(ckpt), "hf", tmp_path / "hf")
 
 
-def test_sentencepiece_tokenizer_is_written_as_tunelab_runs_it(tmp_path):
-    """A `tokenizers`-library tokenizer (Llama 2's SentencePiece kind) keeps its own pipeline."""
+@pytest.mark.parametrize("kind", ["llama2", "gemma", "phi3"])
+def test_sentencepiece_tokenizer_is_written_as_tunelab_runs_it(kind, tmp_path):
+    """A `tokenizers`-library tokenizer (Llama 2, Gemma 3, Phi-3 kinds) keeps its own pipeline."""
     from transformers import AutoTokenizer
 
     from tests.exporters.conftest import TEXTS
     from tests.models.sp_fixtures import sp_folder
     from tunelab.models.loaders.hf_tokenizer import tokenizer_from_hf_json
 
-    tok = tokenizer_from_hf_json(sp_folder("llama2", tmp_path / "sp"))
+    tok = tokenizer_from_hf_json(sp_folder(kind, tmp_path / "sp"))
     assert tok.kind == "tokenizers"
     model = tiny_model("tiny-llama", vocab_size=tok.vocab_size)
     ckpt = save_checkpoint(model, tok, "chatml", tmp_path / "m.ckpt")
     out = export_model(str(ckpt), "hf", tmp_path / "hf")
     hf_tok = AutoTokenizer.from_pretrained(out)
     back = load_pretrained(str(out)).tokenizer
-    for text in TEXTS:
+    chat = "<|user|>\nHi there<|end|>\n" if kind == "phi3" else "<start_of_turn>user\nHi\n"
+    for text in [*TEXTS, chat]:
         assert hf_tok(text)["input_ids"] == tok.encode(text) == back.encode(text)
     assert hf_tok.eos_token_id == tok.eos_id  # GGUF: test_export_spm_gguf.py

@@ -4,7 +4,7 @@ Each model starts as a tiny random transformers model of the family (configs fro
 tests/models/test_families.py, with every trait on: sliding windows shorter than the sequence,
 RoPE scaling, partial rotary, softcapping, attention biases), loaded into tunelab, saved as a
 tunelab checkpoint and exported. HF: transformers loads the folder and gives tunelab's logits
-(1e-5), tunelab reads it back bit for bit. GGUF (F32): tunelab's GGUF loader reads the file back
+(1e-5) and ids, tunelab reads it back bit for bit. GGUF (F32): tunelab's GGUF loader reads the file back
 with tunelab's logits (1e-5; Gemma's norms travel as 1 + w, so not bit for bit), and what
 llama.cpp's gemma3 / phi3 / olmo2 cannot express is refused in one line.
 """
@@ -18,7 +18,7 @@ import torch
 import transformers
 from gguf import GGUFReader
 
-from tests.exporters.conftest import save_checkpoint, tiny_tokenizer
+from tests.exporters.conftest import TEXTS, save_checkpoint, tiny_tokenizer
 from tests.models.test_families import FAMILIES as HF_FAMILIES
 from tests.models.test_families import SMALL
 from tunelab.exporters import export_model
@@ -93,6 +93,9 @@ def test_hf_export_matches_transformers_and_reads_back(model_type, tmp_path):
         "name": None,
         "tokenizer": None,
     }
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    for text in TEXTS:
+        assert hf_tok(text)["input_ids"] == tiny_tokenizer().encode(text)
     if model_type == "phi3":  # q/k/v and gate/up stay fused, as in Phi-3 folders
         from safetensors import safe_open
 
