@@ -125,6 +125,9 @@ def test_gguf_refuses_what_llama_cpp_cannot_express(model_type, tmp_path):
 
 
 GGUF_ARCH = {"gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2"}
+# max |logit change| measured here (logits up to 2), Gemma 3 / OLMo 2 / Phi-3: f16 3.2e-3 /
+# 2.7e-3 / 1.3e-3, q8_0 8.3e-2 / 7.4e-2 / 2.6e-2; asserted with about 3x headroom
+QUANTIZED = {"f16": 1e-2, "q8_0": 0.25}
 
 
 @pytest.mark.parametrize("model_type", list(GGUF_CONFIGS))
@@ -156,6 +159,12 @@ def test_gguf_export_reads_back_with_equal_logits(model_type, tmp_path):
         assert torch.equal(
             back.state_dict()["blocks.1.mlp.gate.weight"], state["blocks.1.mlp.gate.weight"]
         )
+    for gguf_type, tolerance in QUANTIZED.items():
+        out = export_model(str(ckpt), "gguf", tmp_path / gguf_type, gguf_type=gguf_type)
+        clear_cache()
+        quantized, _ = load_gguf(out / "model.gguf")
+        with torch.no_grad():
+            assert _max_diff(quantized(IDS), ref) <= tolerance
     if arch == "olmo2":  # llama.cpp's olmo2 needs output.weight: the tied head written out
         assert "output.weight" in tensors
         assert all(
