@@ -185,6 +185,20 @@ def test_llama_cpp_rules_for_what_the_file_leaves_open(tmp_path) -> None:
     assert tok.encode_plain(text)[1] == 4  # <start_of_turn>
 
 
+def test_an_ascii_character_that_is_no_piece_still_merges_as_in_llama_cpp(tmp_path) -> None:
+    """Gemma's "\\t" is no piece, yet pieces start with it: llama.cpp joins it all the same."""
+    rename = _edit(tokens=lambda f: [t if t != "\t" else "[TAB]" for t in f["tokens"]])
+    path = write_spm_vocab_gguf("gemma", tmp_path / "tab.gguf", edit=rename)
+    tok = tokenizer_from_gguf(path)
+    tab = tok.encoding.token_to_id("\tan")
+    for text in ["Tabs\tand\t\truns", "\t", "a\tb\t\tan", *TEXTS]:
+        assert tok.encode(text) == llama_cpp_spm(text, path, parse_special=True), text
+    tokens = _fields(str(path))[0]
+    assert tab in tok.encode("x\tand") and tok.encode("\t") == [tokens.index("<0x09>")]
+    assert tok.decode(tok.encode("a\tb\t\tan")) == "a\tb\t\tan"
+    assert tok.vocab_size == len(tokens)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -197,6 +211,10 @@ def test_llama_cpp_rules_for_what_the_file_leaves_open(tmp_path) -> None:
         ),
         (dict(scores=lambda f: [0.0] * len(f["scores"])), "share score 0.0"),
         (dict(model="t5"), "tokenizer model 't5' is not supported"),
+        (
+            dict(tokens=lambda f: [t if t != "é" else "[E]" for t in f["tokens"]]),
+            "can be formed from 'é', which is no piece",
+        ),
     ],
 )
 def test_what_cannot_be_reproduced_is_refused(tmp_path, changes, message) -> None:

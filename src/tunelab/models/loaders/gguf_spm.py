@@ -27,8 +27,10 @@ Merges stored in the file are ignored, as llama.cpp ignores them for this type. 
 own GGUF reader ranks Gemma's merges by piece id instead of score, to match Gemma's HF
 tokenizer.json; where a file's scores and ids disagree, this reader follows llama.cpp.) Refused in one line:
 missing scores or token types, a pre-tokenizer other than "default", a precompiled normalizer,
-`remove_extra_whitespaces`, missing byte pieces, duplicate or empty pieces, and two mergeable normal
-pieces with the same score (llama.cpp breaks that tie by position; a merge list cannot).
+`remove_extra_whitespaces`, missing byte pieces, duplicate or empty pieces, two mergeable normal
+pieces with the same score (llama.cpp breaks that tie by position; a merge list cannot), and a
+piece llama.cpp can form from a multi-byte character that is no piece. (An ASCII character that
+is no piece but sits inside pieces, like Gemma's "\\t", spells its byte piece in the BPE model.)
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from tunelab.models.tokenizers.byte_level import stop_ids_for
 from tunelab.models.tokenizers.library import LibraryEncoding
 from tunelab.models.tokenizers.spm import (
     AddedPiece,
+    byte_renames,
     merges_from_scores,
+    merging_orphan,
     score_ties,
     spm_tokenizer_json,
 )
@@ -156,8 +160,21 @@ def spm_tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokeni
     for i, tok in enumerate(tokens):
         if tok in LLAMA_CPP_CONTROL_NAMES and types[i] in (NORMAL, USER_DEFINED, UNUSED):
             types[i] = CONTROL
-    merges = merges_from_scores(tokens, scores)
-    tie = score_ties(tokens, scores, merges, (i for i, t in enumerate(types) if t == NORMAL))
+    renames = byte_renames(tokens)
+    pieces = [renames.get(i, t) for i, t in enumerate(tokens)]  # the BPE model's spelling
+    index = set(pieces)
+    for i in renames:
+        t = tokens[i]
+        if any(t[:k] in index and t[k:] in index for k in range(1, len(t))):
+            raise ValueError(f"{source}: byte piece {t!r} can be formed by merges; unsupported")
+    orphan = merging_orphan(pieces)
+    if orphan is not None:
+        raise ValueError(
+            f"{source}: piece {orphan[0]!r} can be formed from {orphan[1]!r}, which is no piece "
+            "and more than one byte; llama.cpp's merge of it cannot be reproduced"
+        )
+    merges = merges_from_scores(pieces, scores)
+    tie = score_ties(pieces, scores, merges, (i for i, t in enumerate(types) if t == NORMAL))
     if tie is not None:
         a, b = tie
         raise ValueError(
@@ -187,7 +204,7 @@ def spm_tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokeni
     if meta("tokenizer.ggml.merges", None) is not None:
         log.info("%s: SentencePiece vocabulary: merges ignored (ranked by score)", source)
     data = spm_tokenizer_json(
-        tokens, merges, added, None if unk is None else tokens[unk], add_space_prefix
+        pieces, merges, added, None if unk is None else tokens[unk], add_space_prefix
     )
     enc = LibraryEncoding(json.dumps(data, ensure_ascii=False), "gguf-spm", source, data=data)
     eos = token_id("eos_token_id")

@@ -36,6 +36,42 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+def byte_renames(tokens: Sequence[str]) -> dict[int, str]:
+    """{id of a `<0xXX>` byte piece: its character} for every ASCII character that occurs inside
+    longer pieces but is no piece itself.
+
+    llama.cpp joins any two adjacent symbols whose text is a piece, so such a character still
+    merges (Gemma's "\\t" into "\\t..." pieces) and, left alone, falls back to its one byte. A
+    BPE model does both when its byte piece is spelled as the character: the byte is only ever
+    needed for that character, since no longer UTF-8 sequence contains an ASCII byte.
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    out: dict[int, str] = {}
+    for piece in tokens:
+        if len(piece) < 2:
+            continue
+        for ch in piece:
+            if ch not in index and ord(ch) < 128:
+                byte = index.get(f"<0x{ord(ch):02X}>")
+                if byte is not None:
+                    out[byte] = ch
+    return out
+
+
+def merging_orphan(tokens: Sequence[str]) -> tuple[str, str] | None:
+    """(piece, character) where llama.cpp could form the piece from a character that is not a
+    piece, or None; a BPE model with byte fallback cannot."""
+    known = set(tokens)
+    for piece in tokens:
+        n = len(piece)
+        if n < 2:
+            continue
+        for part, other in ((piece[0], piece[1:]), (piece[-1], piece[:-1])):
+            if part not in known and (other in known or len(other) == 1):
+                return piece, part
+    return None
+
+
 def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[list[str]]:
     """Every [left, right] split of every piece into two pieces, best piece score first.
 
@@ -69,7 +105,7 @@ def score_ties(
     ranked merge list cannot, so such a vocabulary is not reproduced exactly.
     """
     index = {t: i for i, t in enumerate(tokens)}
-    formed = {index[left + right] for left, right in merges}
+    formed = {index[left + right] for left, right in merges}  # a merge forms a piece
     seen: dict[float, int] = {}
     for i in ids:
         if i not in formed:
