@@ -215,6 +215,10 @@ def test_an_ascii_character_that_is_no_piece_still_merges_as_in_llama_cpp(tmp_pa
             dict(tokens=lambda f: [t if t != "é" else "[E]" for t in f["tokens"]]),
             "can be formed from 'é', which is no piece",
         ),
+        (
+            dict(tokens=lambda f: [t if t != "<pad>" else "x<end" for t in f["tokens"]]),
+            "pieces 'x<end' and '<end_of_turn>' overlap",
+        ),
     ],
 )
 def test_what_cannot_be_reproduced_is_refused(tmp_path, changes, message) -> None:

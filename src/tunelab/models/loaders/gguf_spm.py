@@ -29,7 +29,8 @@ tokenizer.json; where a file's scores and ids disagree, this reader follows llam
 missing scores or token types, a pre-tokenizer other than "default", a precompiled normalizer,
 `remove_extra_whitespaces`, missing byte pieces, duplicate or empty pieces, two mergeable normal
 pieces with the same score (llama.cpp breaks that tie by position; a merge list cannot), and a
-piece llama.cpp can form from a multi-byte character that is no piece. (An ASCII character that
+piece llama.cpp can form from a multi-byte character that is no piece, and control or
+user-defined pieces that overlap (llama.cpp cuts them out longest first, `tokenizers` leftmost). (An ASCII character that
 is no piece but sits inside pieces, like Gemma's "\\t", spells its byte piece in the BPE model.)
 """
 
@@ -48,6 +49,7 @@ from tunelab.models.tokenizers.spm import (
     byte_renames,
     merges_from_scores,
     merging_orphan,
+    overlapping_pieces,
     score_ties,
     spm_tokenizer_json,
 )
@@ -189,6 +191,13 @@ def spm_tokenizer_from_metadata(meta: Callable[..., Any], source: str) -> Tokeni
         if kind in (CONTROL, UNKNOWN, USER_DEFINED):
             rstrip = phi3 and tok not in PHI3_NO_RSTRIP
             added.append(AddedPiece(i, tok, special=kind != USER_DEFINED, rstrip=rstrip))
+
+    overlap = overlapping_pieces([a.content for a in added])
+    if overlap is not None:
+        raise ValueError(
+            f"{source}: pieces {overlap[0]!r} and {overlap[1]!r} overlap; llama.cpp cuts the "
+            "longer one out first, which cannot be reproduced"
+        )
 
     def token_id(field: str) -> int | None:
         value = meta(f"tokenizer.ggml.{field}", None)

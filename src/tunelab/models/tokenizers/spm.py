@@ -117,6 +117,25 @@ def score_ties(
     return None
 
 
+def overlapping_pieces(contents: Sequence[str]) -> tuple[str, str] | None:
+    """Two pieces matched whole where the end of one is the start of the other, or None.
+
+    llama.cpp cuts such pieces out longest first; `tokenizers` (and tunelab's template text)
+    leftmost first: "ab" + "bcd" split "abcd" differently. Runs of one character (Gemma's
+    white-space pieces) cut a run the same way both ways and are not reported.
+    """
+    starts: dict[str, str] = {}
+    for c in contents:
+        for k in range(1, len(c)):
+            starts.setdefault(c[:k], c)
+    for a in contents:
+        for k in range(1, len(a)):
+            b = starts.get(a[k:])
+            if b is not None and not (len(set(a)) == 1 and set(a) == set(b)):
+                return a, b
+    return None
+
+
 @dataclass
 class AddedPiece:
     """A piece matched whole in the text before BPE (llama.cpp's control, unknown and
