@@ -109,7 +109,7 @@ GGUF_REFUSALS = {
     # the test_families configs: HF-only traits, each named in the one-line refusal
     "gemma3_text": r"gemma3_text export cannot express sliding-window layers \[0, 2\].*"
     r"rope_local_base=5000.0.*attn_scale=.*final_logit_softcapping=3.0",
-    "phi3": r"phi3 export cannot express sliding_window=24 \(llama.cpp disables.*LongRoPE.*"
+    "phi3": r"phi3 export cannot express sliding_window=24 \(no GGUF .*disables.*LongRoPE.*"
     r"rotary_fraction=0.5",
     "olmo2": r"olmo2 export cannot express attention/MLP biases",
 }
@@ -194,3 +194,76 @@ def test_files_that_read_back_as_another_model_are_refused(tmp_path):
     other = dataclasses.replace(cfg, rope_local_base=5000.0)
     with pytest.raises(ValueError, match=r"gemma3 metadata cannot express rope_local_base=5000.0"):
         gguf_read_back(out / "model.gguf", other, "gemma3")
+
+
+LLAMA_SCALING = {
+    # Llama 3.1/3.2's RoPE (a released parameter set: GGUF carries it as rope_freqs), linear, YaRN
+    "llama3": dict(
+        rope_type="llama3",
+        factor=32.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    ),
+    "linear": dict(rope_type="linear", factor=4.0),
+    "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=128),
+}
+
+
+@pytest.mark.parametrize("kind", list(LLAMA_SCALING))
+def test_llama_rope_scaling_exports(kind, tmp_path):
+    rope = {**LLAMA_SCALING[kind], "rope_theta": 500000.0}
+    hf = _hf_model("LlamaConfig", dict(rope_parameters=rope, tie_word_embeddings=True))
+    model, ckpt = _checkpoint(hf, tmp_path)
+    out = export_model(str(ckpt), "hf", tmp_path / "hf")
+    exported = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(IDS)
+        assert _max_diff(exported.eval()(IDS).logits, ref) <= 1e-5
+        assert torch.equal(load_pretrained(str(out)).model(IDS), ref)
+    if kind == "yarn":  # GGUF's llama: linear or rope_freqs only
+        with pytest.raises(ValueError, match=r"rope_scaling type 'yarn' \(GGUF's llama"):
+            export_model(str(ckpt), "gguf", tmp_path / "g")
+        return
+    path = export_model(str(ckpt), "gguf", tmp_path / "g", gguf_type="f32") / "model.gguf"
+    names = {t.name for t in GGUFReader(path).tensors}
+    assert ("rope_freqs.weight" in names) == (kind == "llama3")
+    clear_cache()
+    back, _ = load_gguf(path)
+    assert back.cfg.rope_scaling == model.cfg.rope_scaling
+    with torch.no_grad():
+        assert _max_diff(back(IDS), ref) <= 1e-5
+
+
+def test_released_configs_export_or_are_refused_in_one_line():
+    """The config.json of each released checkpoint (tests/models/test_families_loading.py): the
+    entry each format picks, its config.json read back as the same model, or the refusal."""
+    from tests.models.test_families_loading import RELEASED
+    from tunelab.exporters.families import family_export
+    from tunelab.exporters.hf import check_read_back
+    from tunelab.models.loaders.hf_config import config_from_hf_dict
+
+    expected = {
+        # name: (hf entry, gguf entry or refusal)
+        "Llama-3.2-1B": ("llama", "llama"),
+        "SmolLM2-135M-Instruct": ("llama", "llama"),
+        "Qwen2.5-0.5B": ("qwen2", "qwen2"),
+        "Qwen3-0.6B": ("qwen3", "qwen3"),
+        "gemma-3-1b-it": ("gemma3_text", "gemma3_text"),
+        "Phi-3.5-mini-instruct": ("phi3", "cannot express LongRoPE scaling"),
+        "Phi-3-mini-4k-instruct": ("mistral", "cannot express sliding_window=2047"),
+        "OLMo-2-0425-1B": ("olmo2", "olmo2"),
+        "Mistral-7B-v0.1": ("mistral", "cannot express sliding_window=4096"),
+    }
+    assert set(expected) == set(RELEASED)
+    for name, hf_config in RELEASED.items():
+        cfg = config_from_hf_dict(hf_config, f"{name}/config.json", name)
+        hf_name, gguf_name = expected[name]
+        entry = family_export(cfg, "hf")
+        assert entry.name == hf_name, name
+        check_read_back(entry.hf_config(cfg), cfg, entry.name)
+        if " " in gguf_name:
+            with pytest.raises(ValueError, match=gguf_name):
+                family_export(cfg, "gguf")
+        else:
+            assert family_export(cfg, "gguf").name == gguf_name, name

@@ -28,8 +28,11 @@ from tunelab.exporters.family_base import (  # noqa: F401  (FamilyExport: re-exp
     state_from_plan,
 )
 from tunelab.models.config import Config
+from tunelab.models.loaders.gguf_arch import llama3_rope_factors
 from tunelab.models.loaders.hf import gpt2_name_map, tunelab_to_llama
 from tunelab.models.loaders.hf_weights import gpt2_plan
+
+ROPE_FREQS = "rope_freqs.weight"  # a GGUF name already (convert_hf_to_gguf's extra tensor)
 
 # Config fields every entry writes; any other field must equal what these imply.
 BASIC_FIELDS = (
@@ -110,9 +113,15 @@ def _gpt2_gguf_hparams(w: gguf.GGUFWriter, cfg: Config) -> None:
 
 
 def _llama_check(cfg: Config, fmt: str) -> list[str]:
+    problems = []
     if cfg.qkv_bias != cfg.attn_out_bias:
-        return [f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias}"]
-    return []
+        problems.append(f"qkv_bias={cfg.qkv_bias} with attn_out_bias={cfg.attn_out_bias}")
+    kind = (cfg.rope_scaling or {}).get("rope_type")
+    if kind not in (None, "linear", "llama3", "yarn"):
+        problems.append(f"rope_scaling type {kind!r} (Llama: linear, llama3, yarn)")
+    if fmt != "hf" and kind not in (None, "linear", "llama3"):
+        problems.append(f"rope_scaling type {kind!r} (GGUF's llama: linear, llama3)")
+    return problems
 
 
 def _qwen_check(cfg: Config, fmt: str) -> list[str]:
@@ -162,7 +171,25 @@ def _llama_gguf_state(state: State, cfg: Config) -> State:
             hf[name] = _permute(w, cfg.n_head)
         elif name.endswith("self_attn.k_proj.weight"):
             hf[name] = _permute(w, cfg.n_kv_head)
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("rope_type") == "llama3":  # Llama 3.1+: per-frequency factors, as converted
+        factors = llama3_rope_factors(
+            cfg.head_dim,
+            cfg.rope_base,
+            scaling["factor"],
+            scaling["low_freq_factor"],
+            scaling["high_freq_factor"],
+            scaling["original_max_position_embeddings"],
+        )
+        hf[ROPE_FREQS] = torch.from_numpy(factors)
     return hf
+
+
+def _llama_gguf_hparams_scaled(w: gguf.GGUFWriter, cfg: Config) -> None:
+    llama_gguf_hparams(w, cfg)
+    if (cfg.rope_scaling or {}).get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg.rope_scaling["factor"])
 
 
 # Tried in order; an entry fits a config when its `requires` traits match and every other trait
@@ -184,9 +211,10 @@ FAMILIES: list[FamilyExport] = [
         llama_hf_config,
         llama_hf_state,
         gguf.MODEL_ARCH.LLAMA,
-        llama_gguf_hparams,
+        _llama_gguf_hparams_scaled,
         _llama_gguf_state,
         _llama_check,
+        writes=("rope_scaling",),
     ),
     # HF folders only (tunelab's GGUF reader reads no MLP biases and no Mistral window).
     FamilyExport(
@@ -198,7 +226,7 @@ FAMILIES: list[FamilyExport] = [
         llama_gguf_hparams,
         _llama_gguf_state,
         _llama_check,
-        writes=("qkv_bias", "attn_out_bias", "mlp_bias"),
+        writes=("qkv_bias", "attn_out_bias", "mlp_bias", "rope_scaling"),
     ),
     FamilyExport(
         "mistral",
@@ -253,6 +281,7 @@ def family_export(cfg: Config, fmt: str) -> FamilyExport:
     """The table entry for `cfg`, refusing (one line) what no entry can write."""
     traits = _traits(cfg)
     gguf_only = fmt in ("gguf", "ollama")
+    refusal = None  # the first fitting entry's problems, if no later entry writes the model
     for entry in FAMILIES:
         if entry.family != cfg.family or (gguf_only and entry.gguf_arch is None):
             continue
@@ -260,11 +289,13 @@ def family_export(cfg: Config, fmt: str) -> FamilyExport:
             continue
         if set(traits) <= set(entry.requires) | set(entry.writes):
             problems = entry.check(cfg, fmt)
-            if problems:
-                raise ValueError(
-                    f"format={fmt}: the {entry.name} export cannot express {'; '.join(problems)}"
-                )
-            return entry
+            if not problems:
+                return entry
+            refusal = refusal or (
+                f"format={fmt}: the {entry.name} export cannot express {'; '.join(problems)}"
+            )
+    if refusal is not None:
+        raise ValueError(refusal)
     shown = "; ".join(f"{k}={v!r}" for k, v in traits.items()) or "no extra traits"
     known = ", ".join(e.name for e in FAMILIES if not gguf_only or e.gguf_arch is not None)
     raise ValueError(

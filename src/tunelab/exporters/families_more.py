@@ -28,6 +28,7 @@ from tunelab.exporters.family_base import (
     llama_gguf_hparams,
     llama_hf_config,
     llama_hf_state,
+    rope_parameters,
     state_from_plan,
 )
 from tunelab.models.config import Config
@@ -35,11 +36,6 @@ from tunelab.models.loaders.hf_weights import llama_plan
 
 HF_ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "silu": "silu"}
 GEMMA3_PATTERN, GEMMA3_LOCAL_BASE = 6, 10000.0  # llama.cpp's fixed values for gemma3
-
-
-def _rope_parameters(cfg: Config) -> dict[str, Any]:
-    scaling = dict(cfg.rope_scaling or {"rope_type": "default"})
-    return {**scaling, "rope_theta": cfg.rope_base}
 
 
 def _no_bias(cfg: Config) -> list[str]:
@@ -73,7 +69,7 @@ def _gemma3_hf_config(cfg: Config) -> dict[str, Any]:
         **out,
         "hidden_activation": HF_ACTIVATIONS[cfg.mlp_activation],
         "rope_parameters": {
-            "full_attention": _rope_parameters(cfg),
+            "full_attention": rope_parameters(cfg),
             "sliding_attention": {"rope_type": "default", "rope_theta": local},
         },
         "query_pre_attn_scalar": _gemma3_query_scalar(cfg),
@@ -169,7 +165,7 @@ def _olmo2_gguf_state(state: State, cfg: Config) -> State:
 def _phi3_hf_config(cfg: Config) -> dict[str, Any]:
     out = llama_hf_config(cfg, "phi3")
     del out["mlp_bias"], out["attention_bias"], out["head_dim"], out["rope_scaling"]
-    rope = {**_rope_parameters(cfg), "partial_rotary_factor": cfg.rotary_fraction}
+    rope = {**rope_parameters(cfg), "partial_rotary_factor": cfg.rotary_fraction}
     out.update(
         rope_parameters=rope,
         partial_rotary_factor=cfg.rotary_fraction,
@@ -194,7 +190,8 @@ def _phi3_check(cfg: Config, fmt: str) -> list[str]:
         return problems
     if cfg.sliding_window is not None and cfg.sliding_window < cfg.context_length:
         problems.append(
-            f"sliding_window={cfg.sliding_window} (llama.cpp disables Phi-3's sliding window)"
+            f"sliding_window={cfg.sliding_window} (no GGUF architecture keeps it here: llama.cpp "
+            "disables Phi-3's sliding window, its llama has none)"
         )
     if cfg.rope_scaling is not None:
         problems.append("LongRoPE scaling (tunelab's GGUF reader reads no rope_factors tensors)")

@@ -78,6 +78,11 @@ MODEL_CLASSES = {
 }
 
 
+def rope_parameters(cfg: Config) -> dict[str, Any]:
+    """transformers 5's `rope_parameters`: the scaling as tunelab holds it, plus the base."""
+    return {**(cfg.rope_scaling or {"rope_type": "default"}), "rope_theta": cfg.rope_base}
+
+
 def llama_hf_config(cfg: Config, model_type: str = "llama") -> dict[str, Any]:
     return {
         "architectures": [f"{MODEL_CLASSES[model_type]}ForCausalLM"],
@@ -92,7 +97,7 @@ def llama_hf_config(cfg: Config, model_type: str = "llama") -> dict[str, Any]:
         "max_position_embeddings": cfg.context_length,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "rope_parameters": rope_parameters(cfg),
         "rope_scaling": None,
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": bool(cfg.qkv_bias),

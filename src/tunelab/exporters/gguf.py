@@ -31,6 +31,7 @@ from tunelab.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+GGUF_NAMED = ("rope_freqs.weight",)  # tensors an entry gives under their llama.cpp name
 GGUF_TYPES = {
     "f32": (Q.F32, LlamaFileType.ALL_F32),
     "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
@@ -148,7 +149,10 @@ def write_gguf(
     names = gguf.get_tensor_name_map(entry.gguf_arch, cfg.n_layer)
     tensors = []
     for hf_name, tensor in entry.gguf_state(model.state_dict(), cfg).items():
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if hf_name in GGUF_NAMED:
+            name = hf_name
+        else:
+            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ValueError(f"format=gguf: no llama.cpp name for tensor {hf_name!r} ({arch})")
         data, dtype = _encode(tensor.detach().to("cpu").float().numpy(), qtype)
