@@ -74,13 +74,40 @@ def _panel_pair(axes: Any, summary: list[dict[str, Any]], settings: list[str]) -
     axes[1].set_title("MC: old-set acc drop; new-set acc gain", fontsize=8)
 
 
+# Ibrahim et al. 2024, Table 2: forgetting reduced by 53% / 71% / 88% at 1% / 5% / 25% replay.
+IBRAHIM = {0.01: 0.53, 0.05: 0.71, 0.25: 0.88}
+
+
+def _panel_reduction(ax: Any, summary: list[dict[str, Any]], settings: list[str]) -> None:
+    """1 - F(r) / F(0) of the mean loss forgetting per setting, beside Ibrahim et al.'s."""
+    xs_all = sorted({s["replay_ratio"] for s in summary if s["setting"] in settings})
+    for i, setting in enumerate(settings):
+        pts = [
+            (s["replay_ratio"], 100 * s["reduction"])
+            for s in summary
+            if s["setting"] == setting and s["reduction"] is not None
+        ]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=f"here ({setting})")
+    ax.plot(
+        list(IBRAHIM),
+        [100 * v for v in IBRAHIM.values()],
+        "kx",
+        ms=9,
+        label="Ibrahim et al. Table 2",
+    )
+    _axes_replay(ax, sorted({*xs_all, *IBRAHIM}), "forgetting reduction vs r = 0 (%)")
+    ax.set_title("1 - forgetting(r) / forgetting(0), loss", fontsize=8)
+
+
 def plot_replay(summary: list[dict[str, Any]], out: Path) -> list[Path]:
     plt = _plt()
     written = []
     full = sorted({s["setting"] for s in summary if s["method"] == "full"})
     if full:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+        fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
         _panel_pair(axes, summary, full)
+        _panel_reduction(axes[2], summary, full)
         fig.suptitle("forgetting and adaptation vs replay ratio (95% t-intervals)", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / "forgetting.png", dpi=110)
