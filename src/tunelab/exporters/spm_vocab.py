@@ -9,7 +9,8 @@ that order (piece k of the merge list: score -k), and the file is checked to be 
 every split of a piece into two normal pieces is a merge, every merge is such a split, each
 piece's merges are contiguous, and every character of a piece is a piece. Otherwise llama.cpp
 would tokenize differently, and the vocabulary is refused in one line naming the first
-counter-example.
+counter-example. Merges into special pieces are left out: llama.cpp matches those pieces
+whole before merging.
 
 Written as `convert_hf_to_gguf.py` writes a SentencePiece vocabulary: pieces, scores, token types
 (normal 1, unknown 2, control 3, user-defined 4, unused 5 for padding rows, byte 6; added
@@ -134,11 +135,14 @@ def spm_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> SpmVocabulary:
 
 def _scores(tokens: list[str], types: list[int], merges: list, name: str) -> list[float]:
     normal = {t: i for i, t in enumerate(tokens) if types[i] == NORMAL}
+    special = {t for i, t in enumerate(tokens) if types[i] in (CONTROL, USER_DEFINED, UNKNOWN)}
     pairs = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
     order: dict[str, int] = {}  # piece -> its place in the merge list's piece order
     last = None
     for a, b in pairs:
         piece = a + b
+        if piece in special:
+            continue  # into a special piece: its text is matched whole before any merging
         if a not in normal or b not in normal or piece not in normal:
             raise ValueError(
                 f"tokenizer {name!r}: merge {a!r} + {b!r} is not of normal pieces; llama.cpp "
