@@ -46,8 +46,15 @@ class Contender:
         return torch.load(self.spec["weights"], weights_only=True)
 
     def tunelab_model(self) -> Decoder:
-        model = Decoder(self.cfg)
-        model.load_state_dict(self.load_state())
+        """The shared weights as tunelab's loader holds them: storage allocated once (no random
+        init to overwrite) and filled from the memory-mapped file, so the process keeps no
+        freed second copy (transformers' loader maps its safetensors file the same way)."""
+        from tunelab.models.loaders.hf_weights import empty_model
+
+        model = empty_model(self.cfg, torch.float32)
+        state = torch.load(self.spec["weights"], weights_only=True, mmap=True)
+        model.load_state_dict(state)
+        del state
         if self.lora:  # frozen base + adapters, as `model.lora` does in a run
             from tunelab.models.lora import apply_lora
 

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from tunelab.callbacks.reliability import ValidateAtEnd
+from tunelab.models.loaders.gguf import clear_cache as clear_gguf_cache
 from tunelab.utils.config import (
     check_no_literal_secrets,
     conf_dir,
@@ -59,6 +60,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate everything a run needs (used by train() and by config tests)."""
     loaded = hydra.utils.instantiate(cfg.model)
+    clear_gguf_cache()  # the run owns its model: the loader's cached copy would double the weights
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.connect(
         loaded.tokenizer, loaded.prompt_style, max_length=loaded.model.cfg.context_length

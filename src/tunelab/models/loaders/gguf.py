@@ -72,17 +72,18 @@ The template stored in the GGUF (`tokenizer.chat_template`) is, verbatim::
 with no trailing period after "Hugging Face" and no BOS token (`add_bos_token` is false).
 """
 
-# Process-wide caches keyed by (resolved path, size, mtime): parsing the metadata (~1.5 s for
-# SmolLM2's 49k-token vocabulary) and dequantizing (~2 s) happen once per file per process.
+# Process-wide caches keyed by (resolved path, size, mtime): dequantizing (~2 s) and building
+# the tokenizer happen once per file per process. Parsed readers are not kept: GGUFReader holds
+# a numpy object per vocabulary string (~200 MB for SmolLM2's 49k tokens and merges). The model
+# cache holds a second fp32 copy of the weights: a training run drops it (`clear_cache`) once
+# its model is built.
 _CacheKey = tuple[str, int, int]
-_READERS: dict[_CacheKey, GGUFReader] = {}
 _MODELS: dict[_CacheKey, Decoder] = {}
 _TOKENIZERS: dict[_CacheKey, Tokenizer] = {}
 
 
 def clear_cache() -> None:
-    """Forget every parsed file, model and tokenizer (frees the cached fp32 weights)."""
-    _READERS.clear()
+    """Forget every cached model and tokenizer (frees the cached fp32 weights)."""
     _MODELS.clear()
     _TOKENIZERS.clear()
 
@@ -124,13 +125,10 @@ def _reader(path: str | Path) -> tuple[GGUFReader, _CacheKey]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    key = _cache_key(path)
-    if key not in _READERS:
-        try:
-            _READERS[key] = GGUFReader(path)
-        except Exception as e:  # the reader raises bare ValueError/struct errors on bad files
-            raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
-    return _READERS[key], key
+    try:
+        return GGUFReader(path), _cache_key(path)
+    except Exception as e:  # the reader raises bare ValueError/struct errors on bad files
+        raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
 
 
 def _source(reader: GGUFReader) -> str:
@@ -314,8 +312,9 @@ def load_gguf(path: str | Path) -> tuple[Decoder, Tokenizer]:
     Each call returns a fresh copy of the model (safe to fine-tune); the file is parsed and
     dequantized only once per process.
     """
-    reader, key = _reader(path)
-    if key not in _MODELS:
+    key = _cache_key(Path(path)) if Path(path).exists() else None
+    if key is None or key not in _MODELS:
+        reader, key = _reader(path)
         start = time.perf_counter()
         source = _source(reader)
         cfg = config_from_gguf(reader)
@@ -330,6 +329,9 @@ def load_gguf(path: str | Path) -> tuple[Decoder, Tokenizer]:
             model.num_parameters / 1e6,
             time.perf_counter() - start,
         )
+        if key not in _TOKENIZERS:  # from the reader already parsed
+            _TOKENIZERS[key] = _tokenizer_from_reader(reader)
+        del reader
     return copy.deepcopy(_MODELS[key]), tokenizer_from_gguf(path)
 
 
@@ -340,8 +342,9 @@ def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
     """The file's tokenizer: byte-level BPE (`tokenizer.ggml.model` "gpt2") as tiktoken,
     SentencePiece ("llama") in the `tokenizers` library as llama.cpp tokenizes it
     (`gguf_tokenizer`, `gguf_spm`)."""
-    reader, key = _reader(path)
-    if key not in _TOKENIZERS:
+    key = _cache_key(Path(path)) if Path(path).exists() else None
+    if key is None or key not in _TOKENIZERS:
+        reader, key = _reader(path)
         _TOKENIZERS[key] = _tokenizer_from_reader(reader)
     return _TOKENIZERS[key]
 
