@@ -8,6 +8,7 @@ import csv
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -147,6 +148,18 @@ def test_merged_lora_model_equals_unmerged_and_generates(tmp_path, toy_file, cap
         )
         answers.append(capsys.readouterr().out)
     assert answers[0] == answers[1] and answers[0].startswith(">>> Say the word number 3.")
+    # and `tunelab.serve` answers with the merged model exactly as with base + adapters
+    from tunelab.serve import BackgroundServer, ServeSettings, create_app
+
+    replies = []
+    for source in (run, merged_path):
+        app = create_app(load_pretrained(str(source)), ServeSettings(max_new_tokens=5))
+        with BackgroundServer(app) as server:
+            body = {"messages": [{"role": "user", "content": "Say the word number 3."}]}
+            resp = httpx.post(f"{server.url}/api/chat", json={**body, "stream": False}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        replies.append(resp.json()["message"]["content"])
+    assert replies[0] == replies[1] and replies[0]
 
 
 def test_lora_cpt_with_activation_checkpointing_trains_only_adapters(tmp_path, corpora):  # noqa: F811
@@ -286,3 +299,33 @@ def test_lora_run_cut_by_sigterm_resumes_exactly(tmp_path, toy_file):
     assert all(is_lora_key(k) for k in b["state_dict"])
     for k, v in a["state_dict"].items():
         assert torch.allclose(v, b["state_dict"][k], atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_lora_ddp_two_processes_match_one_process(tmp_path, toy_file):
+    """DDP over two CPU processes trains the same adapters as one process on the whole batch
+    (SGD: Adam would turn last-bit differences into +-lr steps); the base stays frozen."""
+    from tests.test_sweeps import fast_overrides, run_train
+
+    common = [
+        *fast_overrides(toy_file),
+        *LORA,
+        "~callbacks.responses",
+        "data.shuffle=false",
+        "data.split=[1.0,0.0,0.0]",
+        "optimizer=sgd",
+        "optimizer.lr=0.5",
+        "trainer.max_epochs=2",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train([*common, "data.batch_size=4", f"hydra.run.dir={one}"], tmp_path)
+    run_train([*common, "trainer=ddp", "data.batch_size=2", f"hydra.run.dir={two}"], tmp_path)
+    m1 = json.loads((one / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert m1["global_step"] == m2["global_step"] == 4
+    assert m2["train/loss_epoch"] == pytest.approx(m1["train/loss_epoch"], rel=1e-4)
+    w1 = read_checkpoint(one / "checkpoints" / "last.ckpt")["state_dict"]
+    w2 = read_checkpoint(two / "checkpoints" / "last.ckpt")["state_dict"]
+    assert set(w1) == set(w2) and all(is_lora_key(k) for k in w1)  # adapters only
+    assert any(float(w1[k].abs().max()) > 0 for k in w1 if "lora_b" in k)  # they trained
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
