@@ -221,9 +221,11 @@ class LMTask(L.LightningModule):
             }
 
     def on_train_end(self) -> None:
-        # A LoRA run also leaves its final adapters in PEFT's format, for transformers + peft.
-        if has_lora(self.model) and self.trainer.is_global_zero:
-            folder = Path(self.trainer.default_root_dir) / "checkpoints" / "peft_adapter"
+        # A LoRA run also leaves its final adapters in PEFT's format, for transformers + peft
+        # (not when the run writes no checkpoints: a trainer with checkpointing off).
+        trainer = self.trainer
+        if has_lora(self.model) and trainer.is_global_zero and trainer.checkpoint_callbacks:
+            folder = Path(trainer.default_root_dir) / "checkpoints" / "peft_adapter"
             try:
                 save_peft_adapter(self.model, folder)
                 log.info("final LoRA adapters in PEFT format: %s", folder)
