@@ -15,7 +15,7 @@ from tunelab.evaluation.items import ChoiceItem, load_items
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "data" / "embedded" / "mc"
 # name -> (file, style)
 EMBEDDED_SETS = {
-    "python_semantics": ("python_semantics.jsonl", "completion"),
+    "python_semantics": ("python_semantics.jsonl", "cloze"),
     "prose_cloze": ("prose_cloze.jsonl", "cloze"),
 }
 

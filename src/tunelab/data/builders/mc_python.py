@@ -1,14 +1,25 @@
 """Build the embedded multiple-choice set "what does this Python snippet print?"
 (`src/tunelab/data/embedded/mc/python_semantics.jsonl`).
 
-Each item is a short snippet made from one of the families below with seeded random values. The
-right answer is what the snippet prints when run here, at build time (Python 3.11, its printed
-line); the three distractors are what *mutants* of the snippet print: the same code with one
-plausible mistake made (floor vs true division, an off-by-one bound, the other string method, a
-copy instead of an alias, ...). Mutant outputs equal to the answer or to another distractor (ignoring surrounding spaces) are dropped; an instance
-without three distinct distractors is skipped. The position of the right answer is seeded.
+Each item is a short snippet (1-9 lines, numbers below 100, three- to six-letter words) made from one of the
+families below with seeded random values. The right answer is what the snippet prints when run
+here, at build time (its one printed line); the three distractors are what *mutants* of the
+snippet print: the same code with one plausible mistake made (the neighbouring index, the other
+variable or branch, insert for append, the loop bound one too far, the other case method, ...).
+Only mutant outputs of the answer's *shape* are kept: the same length in characters and the same
+characters except that a digit may be any digit and a letter any letter (`[2, 4, 6]` against
+`[1, 4, 9]`, `7` against `5`, `HELLO` against `hello`). So no choice wins by being shorter or of
+another kind, a random model is at chance, and `acc` and `acc_norm` agree. Outputs equal to the
+answer or to another distractor are dropped; an instance without three distinct distractors of
+the answer's shape is skipped.
 
-Deterministic: one seed, one `random.Random` per (family, instance); the snippets are tunelab's
+Answer positions are balanced: the n-th item of the i-th family puts the answer at position
+(n + i) mod 4 (PER_FAMILY is a multiple of 4), and the file interleaves the families (one item of
+each in turn), so the first items (`limit=64`) are a fair sample too. The question is the snippet
+in a fenced block followed by `Output:`, asked as a cloze (the continuation is `" " + printed
+line`).
+
+Deterministic: one seed, one `random.Random` per (family, attempt); the snippets are tunelab's
 own (nothing is read or downloaded). Output: JSON lines `{question, choices, answer, subject,
 code}` with subject = family.
 
@@ -23,6 +34,7 @@ import contextlib
 import io
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -31,371 +43,322 @@ from pathlib import Path
 
 from tunelab.data.builders.output import write_or_check
 
-SEED = 31415
-PER_FAMILY = 18
+SEED = 27182
+PER_FAMILY = 16
+N_CHOICES = 4
 OUT = Path(__file__).resolve().parents[1] / "embedded" / "mc" / "python_semantics.jsonl"
-QUESTION = "What does this Python code print?\n\n```python\n{code}\n```"
-WORDS = ["apple", "kiwi", "banana", "fig", "cherry", "plum", "mango", "pear", "grape", "lime"]
+QUESTION = "```python\n{code}\n```\nOutput:"
+# short words with distinct letters, grouped by length (same-shape choices need equal lengths)
+WORDS3 = ["red", "tan", "sky", "fog", "oak", "ivy", "owl", "elk", "yak", "ant", "cup", "jar"]
+WORDS5 = ["plane", "stone", "crumb", "light", "brick", "cloud", "frost", "grape", "mouse"]
+WORDS6 = ["python", "planet", "garden", "silver", "bright", "castle", "winter", "oyster"]
 
 Snippet = tuple[str, list[str]]  # (code, mutant codes)
 
 
 def run(code: str) -> str | None:
-    """What the code prints (one line, stripped), or None if it fails or prints several lines."""
+    """What the code prints (one line, trailing spaces stripped), or None if it fails or prints
+    several lines or nothing."""
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
             exec(compile(code, "<snippet>", "exec"), {"__builtins__": __builtins__})
-    except Exception as e:  # a mutant that raises prints the exception's name, a plausible answer
-        return f"{type(e).__name__}" if out.getvalue() == "" else None
-    text = out.getvalue().rstrip("\n")
+    except Exception:
+        return None
+    text = out.getvalue().rstrip("\n").rstrip()
     return text if text and "\n" not in text else None
 
 
-def floor_division(rng: random.Random) -> Snippet:
-    a, b = rng.choice([-1, 1]) * rng.randint(7, 40), rng.randint(2, 9)
-    code = f"print({a} // {b}, {a} % {b})"
-    return code, [
-        f"print(int({a} / {b}), {a} - int({a} / {b}) * {b})",
-        f"print({a} / {b}, {a} % {b})",
-        f"print({a} // {b} + 1, {a} % {b})",
-        f"print({b} // {a}, {b} % {a})",
+def shape(text: str) -> str:
+    """Digits -> 9, letters -> a, everything else as it is: choices of one item share it."""
+    return re.sub(r"[A-Za-z]", "a", re.sub(r"[0-9]", "9", text))
+
+
+def addition(rng: random.Random) -> Snippet:
+    a, b = rng.randint(11, 44), rng.randint(11, 44)
+    return f"print({a} + {b})", [
+        f"print({a} + {b} + 1)",
+        f"print({a} + {b} - 1)",
+        f"print({a} + {b} + 10)",
+        f"print({a} + {b} - 10)",
+        f"print({a} - {b})",
+        f"print({b} - {a})",
     ]
 
 
-def slicing(rng: random.Random) -> Snippet:
-    n = rng.randint(5, 8)
-    xs = list(range(10, 10 + 10 * n, 10))
-    i, j = sorted(rng.sample(range(n + 1), 2))
-    code = f"xs = {xs}\nprint(xs[{i}:{j}])"
-    return code, [
-        f"xs = {xs}\nprint(xs[{i}:{j + 1}])",
-        f"xs = {xs}\nprint(xs[{i + 1}:{j + 1}])",
-        f"xs = {xs}\nprint(xs[{max(i - 1, 0)}:{j}])",
-        f"xs = {xs}\nprint(xs[{i}:{j}][::-1])",
+def reassign(rng: random.Random) -> Snippet:
+    a, b, c = rng.sample(range(1, 5), 3)
+    head = f"x = {a}\ny = x + {b}\nx = {c}\n"
+    return f"{head}print(y)", [
+        f"x = {a}\nx = {c}\ny = x + {b}\nprint(y)",
+        f"{head}print(x)",
+        f"{head}print(x + y)",
+        f"{head}print({b})",
     ]
+
+
+def list_index(rng: random.Random) -> Snippet:
+    xs = rng.sample(range(10, 100), 5)
+    i = rng.randint(1, 3)
+    head = f"xs = {xs}\n"
+    return f"{head}print(xs[{i}])", [f"{head}print(xs[{j}])" for j in (i - 1, i + 1, -i, -i - 1)]
 
 
 def negative_index(rng: random.Random) -> Snippet:
-    words = rng.sample(WORDS, rng.randint(4, 6))
-    k = rng.randint(1, len(words) - 1)
-    code = f"words = {words}\nprint(words[-{k}])"
-    return code, [
-        f"words = {words}\nprint(words[{k}])",
-        f"words = {words}\nprint(words[-{k + 1}])",
-        f"words = {words}\nprint(words[{k - 1}])",
-        f"words = {words}\nprint(words[-{k - 1 if k > 1 else 2}])",
+    words = rng.sample(WORDS3, 5)
+    k = rng.randint(1, 3)
+    head = f"words = {words}\n"
+    return f"{head}print(words[-{k}])", [
+        f"{head}print(words[{j}])" for j in (k, k - 1, -k - 1, -k + 1 if k > 1 else 2)
     ]
 
 
-def string_methods(rng: random.Random) -> Snippet:
-    text = rng.choice(["hello world", "python is fun", "the QUICK fox", "data Science rocks"])
-    methods = ["title", "capitalize", "upper", "swapcase", "lower"]
-    m = rng.choice(methods)
-    return f"print({text!r}.{m}())", [f"print({text!r}.{o}())" for o in methods if o != m]
-
-
-def repetition(rng: random.Random) -> Snippet:
-    s, n = rng.choice(["ab", "xy", "na", "ha", "to"]), rng.randint(2, 4)
-    code = f"print({s!r} * {n})"
-    return code, [
-        f"print({s!r} + '{n}')",
-        f"print({s!r} * {n + 1})",
-        f"print({s!r} * {n - 1})",
-        f"print(' '.join([{s!r}] * {n}))",
+def dict_lookup(rng: random.Random) -> Snippet:
+    keys = rng.sample("abcdefgh", 4)
+    d = dict(zip(keys, rng.sample(range(1, 10), 4), strict=True))
+    key = rng.choice(keys)
+    head = f"d = {d}\n"
+    return f"{head}print(d[{key!r}])", [f"{head}print(d[{k!r}])" for k in keys if k != key] + [
+        f"{head}print(len(d))"
     ]
 
 
-def aliasing(rng: random.Random) -> Snippet:
-    xs, v = rng.sample(range(1, 10), rng.randint(2, 3)), rng.randint(10, 20)
-    code = f"a = {xs}\nb = a\nb.append({v})\nprint(a)"
-    return code, [
-        f"a = {xs}\nb = a.copy()\nb.append({v})\nprint(a)",
-        f"a = {xs}\nb = a\nb.append({v})\nb.append({v})\nprint(a)",
-        f"a = {xs}\nprint([{v}])",
-        f"a = {xs}\nb = a\nb.insert(0, {v})\nprint(a)",
+def branches(rng: random.Random) -> Snippet:
+    labels = rng.sample(WORDS3, 4)
+    x = rng.randint(1, 12)
+    body = (
+        f"if x < 3:\n    print({labels[0]!r})\nelif x < 6:\n    print({labels[1]!r})\n"
+        f"elif x < 9:\n    print({labels[2]!r})\nelse:\n    print({labels[3]!r})"
+    )
+    return f"x = {x}\n{body}", [f"x = {v}\n{body}" for v in (x - 3, x + 3, x - 1, x + 1, 12 - x)]
+
+
+def max_min(rng: random.Random) -> Snippet:
+    xs = rng.sample(range(1, 10), 4)
+    op, other = rng.choice([("max", "min"), ("min", "max")])
+    head = f"xs = {xs}\n"
+    return f"{head}print({op}(xs))", [
+        f"{head}print({other}(xs))",
+        f"{head}print(xs[0])",
+        f"{head}print(xs[-1])",
+        f"{head}print(len(xs))",
+        f"{head}print(sorted(xs)[1])",
     ]
 
 
-def mutable_default(rng: random.Random) -> Snippet:
-    x, y = rng.sample(range(1, 10), 2)
-    f = "def f(x, acc=[]):\n    acc.append(x)\n    return acc\n"
-    g = "def f(x, acc=None):\n    acc = [] if acc is None else acc\n    acc.append(x)\n    return acc\n"
-    code = f"{f}f({x})\nprint(f({y}))"
-    return code, [
-        f"{g}f({x})\nprint(f({y}))",
-        f"{f}f({x})\nprint(f({y})[::-1])",
-        f"{f}f({x})\nf({y})\nprint(f({y}))",
-        f"print([{x}])",
+def loop_sum(rng: random.Random) -> Snippet:
+    xs = rng.sample(range(1, 10), 4)
+    loop = "for x in xs:\n    total += x\n"
+    head = f"xs = {xs}\ntotal = 0\n"
+    return f"{head}{loop}print(total)", [
+        f"xs = {xs}\ntotal = 1\n{loop}print(total)",
+        f"{head}for x in xs[1:]:\n    total += x\nprint(total)",
+        f"{head}for x in xs[:-1]:\n    total += x\nprint(total)",
+        f"{head}for x in xs:\n    total += x + 1\nprint(total)",
+        f"{head}for x in xs:\n    total = x\nprint(total)",
     ]
 
 
-def ranges(rng: random.Random) -> Snippet:
-    a, s = rng.randint(0, 5), rng.randint(1, 3)
-    b = a + s * rng.randint(2, 4) + rng.randint(0, 1)
-    code = f"print(list(range({a}, {b}, {s})))"
-    return code, [
-        f"print(list(range({a}, {b + s}, {s})))",
-        f"print(list(range({a + 1}, {b}, {s})))",
-        f"print(list(range({a}, {b} + 1, {s})))",
-        f"print(list(range({a + s}, {b + s}, {s})))",
+def string_index(rng: random.Random) -> Snippet:
+    s = rng.choice(WORDS6)
+    i = rng.randint(1, 4)
+    head = f"s = {s!r}\n"
+    return f"{head}print(s[{i}])", [f"{head}print(s[{j}])" for j in (i - 1, i + 1, -i, -i - 1)]
+
+
+def string_slice(rng: random.Random) -> Snippet:
+    s = rng.choice(WORDS6)
+    i = rng.randint(1, 2)
+    j = i + rng.randint(2, 3)
+    head = f"s = {s!r}\n"
+    return f"{head}print(s[{i}:{j}])", [
+        f"{head}print(s[{i - 1}:{j - 1}])",
+        f"{head}print(s[{i + 1}:{j + 1}])",
+        f"{head}print(s[{i}:{j}][::-1])",
+        f"{head}print(s[-{j}:-{i}])",
     ]
 
 
 def sorting(rng: random.Random) -> Snippet:
-    words = rng.sample(WORDS, 4)
-    while len({len(w) for w in words}) < 4:
-        words = rng.sample(WORDS, 4)
-    code = f"print(sorted({words}, key=len))"
-    return code, [
-        f"print(sorted({words}))",
-        f"print(sorted({words}, key=len, reverse=True))",
-        f"print({words})",
-        f"print(sorted({words}, reverse=True))",
+    xs = rng.sample(range(1, 10), 4)
+    return f"print(sorted({xs}))", [
+        f"print(sorted({xs}, reverse=True))",
+        f"print({xs})",
+        f"print(list(reversed({xs})))",
+        f"print(sorted({xs})[1:] + sorted({xs})[:1])",
     ]
 
 
-def dict_ops(rng: random.Random) -> Snippet:
-    keys = rng.sample("abcdef", 3)
-    d = {k: rng.randint(1, 9) for k in keys}
-    k_new, k_old = rng.choice([c for c in "uvwxyz"]), keys[0]
-    v = rng.randint(10, 20)
-    code = f"d = {d}\nd[{k_old!r}] = {v}\nd[{k_new!r}] = {v}\nprint(len(d), d[{k_old!r}])"
-    return code, [
-        f"print({len(d) + 2}, {v})",
-        f"print({len(d) + 1}, {d[k_old]})",
-        f"print({len(d)}, {v})",
-        f"print({len(d) + 1}, {d[k_old] + v})",
+def append_insert(rng: random.Random) -> Snippet:
+    xs = rng.sample(range(1, 10), 3)
+    v = rng.choice([n for n in range(1, 10) if n not in xs])
+    head = f"xs = {xs}\n"
+    return f"{head}xs.append({v})\nprint(xs)", [
+        f"{head}xs.insert(0, {v})\nprint(xs)",
+        f"{head}xs.insert(1, {v})\nprint(xs)",
+        f"{head}xs.insert(2, {v})\nprint(xs)",
     ]
 
 
-def short_circuit(rng: random.Random) -> Snippet:
-    vals = ["0", "''", "[]", "3", "'x'", "[1]", "None"]
-    a, b = rng.sample(vals, 2)
-    op = rng.choice(["and", "or"])
-    other = "or" if op == "and" else "and"
-    code = f"print({a} {op} {b})"
-    return code, [
-        f"print({a} {other} {b})",
-        f"print(bool({a} {op} {b}))",
-        f"print({b} {op} {a})",
-        f"print(not ({a} {op} {b}))",
+def case_methods(rng: random.Random) -> Snippet:
+    s = rng.choice(WORDS5 + WORDS6).capitalize()
+    methods = ["upper", "lower", "swapcase", "title"]
+    m = rng.choice(methods)
+    return f"s = {s!r}\nprint(s.{m}())", [f"s = {s!r}\nprint(s.{o}())" for o in methods if o != m]
+
+
+def concat(rng: random.Random) -> Snippet:
+    a, b = rng.sample(["ab", "cd", "xy", "pq", "mn", "uv"], 2)
+    head = f"a = {a!r}\nb = {b!r}\n"
+    return f"{head}print(a + b)", [
+        f"{head}print(b + a)",
+        f"{head}print(a * 2)",
+        f"{head}print(b * 2)",
+        f"{head}print(a[::-1] + b)",
     ]
 
 
-def numbers(rng: random.Random) -> Snippet:
-    kind = rng.randrange(4)
-    if kind == 0:
-        x = rng.choice([0.5, 1.5, 2.5, 3.5, 4.5])
-        return f"print(round({x}))", [
-            f"print(int({x}) + 1)",
-            f"print(float(round({x})))",
-            f"print({x})",
-            f"print(int({x} + 0.5))",
-        ]
-    if kind == 1:
-        x = -rng.randint(2, 9) - rng.choice([0.3, 0.5, 0.7])
-        return f"print(int({x}))", [
-            f"import math\nprint(math.floor({x}))",
-            f"print(round({x}))",
-            f"print(float(int({x})))",
-            f"print(-int({x}))",
-        ]
-    if kind == 2:
-        a, b, c = rng.randint(2, 3), rng.randint(2, 3), 2
-        return f"print({a} ** {b} ** {c})", [
-            f"print(({a} ** {b}) ** {c})",
-            f"print({a} * {b} * {c})",
-            f"print({a} ** {b} * {c})",
-            f"print({a} ^ {b} ^ {c})",
-        ]
-    a, b = rng.randint(5, 30), rng.randint(2, 8)
-    return f"print({a} / {b})", [
-        f"print({a} // {b})",
-        f"print(round({a} / {b}))",
-        f"print({a} % {b})",
-        f"print({b} / {a})",
+def loop_print(rng: random.Random) -> Snippet:
+    xs = rng.sample(range(1, 5), 3)
+    k = rng.choice([2, 3])
+    return f"for x in {xs}:\n    print(x * {k}, end=' ')", [
+        f"for x in {xs}:\n    print(x + {k}, end=' ')",
+        f"for x in {xs[::-1]}:\n    print(x * {k}, end=' ')",
+        f"for x in {xs}:\n    print(x * x, end=' ')",
+        f"for x in {sorted(xs)}:\n    print(x * {k}, end=' ')",
     ]
 
 
-def join_split(rng: random.Random) -> Snippet:
-    if rng.random() < 0.5:
-        s, sep = rng.choice(["abc", "xyz", "cat", "dog"]), rng.choice(["-", ", ", "+"])
-        code = f"print({sep!r}.join({s!r}))"
-        return code, [
-            f"print({s!r})",
-            f"print({sep!r} + {sep!r}.join({s!r}) + {sep!r})",
-            f"print({sep!r}.join([{s!r}]) + {sep!r})",
-            f"print({s!r}.join({sep!r}))",
-        ]
-    parts = rng.sample(["a", "b", "c", "d"], 3)
-    s = ",".join(parts[:2]) + ",," + parts[2]
-    code = f"print({s!r}.split(','))"
-    return code, [
-        f"print([p for p in {s!r}.split(',') if p])",
-        f"print({s!r}.split(',,'))",
-        f"print({s!r}.split())",
-        f"print({s!r}.split(',', 1))",
+def variables(rng: random.Random) -> Snippet:
+    names = rng.choice(["abcd", "wxyz", "pqrs", "ijkn"])
+    values = rng.sample(range(1, 10), 4)
+    head = "".join(f"{n} = {v}\n" for n, v in zip(names, values, strict=True))
+    pick = rng.choice(names)
+    return f"{head}print({pick})", [f"{head}print({n})" for n in names if n != pick]
+
+
+def string_vars(rng: random.Random) -> Snippet:
+    a, b = rng.sample(WORDS3, 2)
+    head = f"a = {a!r}\nb = {b!r}\n"
+    fmt = rng.choice(["{a}-{b}", "{b}-{a}", "{a}:{b}", "{b}:{a}"])
+    return f"{head}print(f{fmt!r})", [
+        f"{head}print(f{f!r})"
+        for f in (
+            fmt.replace("a", "_").replace("b", "a").replace("_", "b"),
+            fmt.replace("b", "a"),
+            fmt.replace("a", "b"),
+        )
     ]
 
 
-def comprehension(rng: random.Random) -> Snippet:
-    n, m = rng.randint(4, 7), rng.choice([2, 3])
-    code = f"print([x * x for x in range({n}) if x % {m}])"
-    return code, [
-        f"print([x * x for x in range({n}) if not x % {m}])",
-        f"print([x * x for x in range(1, {n} + 1) if x % {m}])",
-        f"print([x for x in range({n}) if x % {m}])",
-        f"print([x * 2 for x in range({n}) if x % {m}])",
+def small_sum(rng: random.Random) -> Snippet:
+    a, b = rng.randint(1, 5), rng.randint(1, 4)
+    head = f"x = {a}\ny = {b}\n"
+    return f"{head}print(x + y)", [
+        f"{head}print(x + y + 1)",
+        f"{head}print(x + y - 1)",
+        f"{head}print(x * y)",
+        f"{head}print(x - y)",
+        f"{head}print(y - x)",
+        f"{head}print(x)",
     ]
 
 
-def loop_else(rng: random.Random) -> Snippet:
-    n, k = rng.randint(3, 6), rng.randint(1, 8)
-    body = f"for i in range({n}):\n    if i == {k}:\n        break\n"
-    code = f"{body}else:\n    i = -1\nprint(i)"
-    return code, [
-        f"{body}print(i)",
-        f"print({n})",
-        f"{body}else:\n    i = -1\nprint(i + 1)",
-        f"print({k})",
+def range_list(rng: random.Random) -> Snippet:
+    n, k = rng.randint(3, 4), rng.randint(1, 2)
+    a = rng.randint(0, 9 - n * k)
+    b = a + n * k
+    return f"print(list(range({a}, {b}, {k})))", [
+        f"print(list(range({a + k}, {b + k}, {k})))",
+        f"print(list(range({a - k}, {b - k}, {k})))",
+        f"print(list(range({b - k}, {a - 1}, -{k})))",
+        f"print(list(range({a}, {a + n * (k + 1)}, {k + 1})))",
+        f"print(list(range({a + 1}, {b + 1}, {k})))",
     ]
 
 
-def zips(rng: random.Random) -> Snippet:
-    s = rng.choice(["ab", "xy", "pq"])
-    xs = list(range(1, rng.randint(3, 4) + 1))
-    code = f"print(list(zip({s!r}, {xs})))"
-    return code, [
-        f"import itertools\nprint(list(itertools.zip_longest({s!r}, {xs})))",
-        f"print(list(zip({xs}, {s!r})))",
-        f"print(list(enumerate({s!r}, 1)))",
-        f"print(list(zip({s!r})))",
-    ]
-
-
-def find_count(rng: random.Random) -> Snippet:
-    s, sub = rng.choice(
-        [
-            ("banana", "an"),
-            ("mississippi", "ss"),
-            ("abracadabra", "ab"),
-            ("hello", "l"),
-            ("assess", "s"),
-        ]
-    )
-    code = f"print({s!r}.find({sub!r}), {s!r}.count({sub!r}))"
-    return code, [
-        f"print({s!r}.rfind({sub!r}), {s!r}.count({sub!r}))",
-        f"print({s!r}.find({sub!r}) + 1, {s!r}.count({sub!r}))",
-        f"print({s!r}.find({sub!r}), {s!r}.count({sub!r}) + 1)",
-        f"print({s!r}.find({sub!r}), len({s!r}))",
-    ]
-
-
-def sets(rng: random.Random) -> Snippet:
-    xs = [rng.randint(1, 5) for _ in range(rng.randint(5, 7))]
-    code = f"print(len({xs}), len(set({xs})))"
-    return code, [
-        f"print(len({xs}), len({xs}))",
-        f"print(len({xs}), len(set({xs})) - 1)",
-        f"print(len(set({xs})), len({xs}))",
-        f"print(len({xs}) - 1, len(set({xs})))",
-    ]
-
-
-def formatting(rng: random.Random) -> Snippet:
-    if rng.random() < 0.5:
-        x = round(rng.uniform(1, 99), 3)
-        return f"print(f'{{{x}:.2f}}')", [
-            f"print(f'{{{x}:.1f}}')",
-            f"print({x})",
-            f"print(f'{{{x}:.3f}}')",
-            f"print(int({x}))",
-        ]
-    n = rng.randint(1, 99)
-    return f"print(f'{{{n}:03d}}')", [
-        f"print(f'{{{n}:3d}}')",
-        f"print({n})",
-        f"print(f'{{{n}:04d}}')",
-        f"print(f'{{{n}:<03d}}')",
-    ]
-
-
-def chained(rng: random.Random) -> Snippet:
-    a, b, c = rng.randint(0, 5), rng.randint(0, 5), rng.randint(0, 5)
-    code = f"print({a} < {b} < {c}, ({a} < {b}) < {c})"
-    return code, [
-        f"print(({a} < {b}) < {c}, {a} < {b} < {c})",
-        f"print({a} < {b} and {b} > {c}, ({a} < {b}) < {c})",
-        f"print(not ({a} < {b} < {c}), ({a} < {b}) < {c})",
-        f"print({a} < {b} < {c}, not (({a} < {b}) < {c}))",
-    ]
+def first_element(rng: random.Random) -> Snippet:
+    words = rng.sample(WORDS3, 4)
+    head = f"words = {words}\n"
+    return f"{head}print(words[0])", [f"{head}print(words[{j}])" for j in (1, 2, 3, -1)]
 
 
 FAMILIES: dict[str, Callable[[random.Random], Snippet]] = {
     f.__name__: f
     for f in (
-        floor_division,
-        slicing,
+        addition,
+        reassign,
+        list_index,
         negative_index,
-        string_methods,
-        repetition,
-        aliasing,
-        mutable_default,
-        ranges,
+        dict_lookup,
+        branches,
+        max_min,
+        loop_sum,
+        string_index,
+        string_slice,
         sorting,
-        dict_ops,
-        short_circuit,
-        numbers,
-        join_split,
-        comprehension,
-        loop_else,
-        zips,
-        find_count,
-        sets,
-        formatting,
-        chained,
+        append_insert,
+        case_methods,
+        concat,
+        loop_print,
+        variables,
+        string_vars,
+        small_sum,
+        range_list,
+        first_element,
     )
 }
 
 
-def build_items() -> list[dict]:
-    items, seen = [], set()
-    for family, make in FAMILIES.items():
-        made, attempt = 0, 0
-        while made < PER_FAMILY and attempt < PER_FAMILY * 20:
-            rng = random.Random(f"{SEED}:{family}:{attempt}")
-            attempt += 1
-            code, mutants = make(rng)
-            if code in seen:
-                continue
-            answer = run(code)
-            if answer is None:
-                continue
-            wrong = []
-            for m in mutants:
-                out = run(m)
-                taken = {answer.strip(), *(w.strip() for w in wrong)}
-                if out is not None and out.strip() not in taken:
-                    wrong.append(out)
-            if len(wrong) < 3:
-                continue
-            choices = rng.sample(wrong, 3)
-            pos = rng.randrange(4)
-            choices.insert(pos, answer)
-            seen.add(code)
-            items.append(
-                {
-                    "question": QUESTION.format(code=code),
-                    "choices": choices,
-                    "answer": pos,
-                    "subject": family,
-                    "code": code,
-                }
-            )
-            made += 1
+def distractors(answer: str, mutants: list[str]) -> list[str]:
+    """Distinct outputs of the mutants with the answer's shape, in mutant order."""
+    out: list[str] = []
+    for code in mutants:
+        text = run(code)
+        if text is not None and shape(text) == shape(answer) and text not in (answer, *out):
+            out.append(text)
+    return out
+
+
+def family_items(family: str, offset: int) -> list[dict]:
+    """PER_FAMILY items of one family; the n-th puts its answer at (n + offset) mod N_CHOICES."""
+    make = FAMILIES[family]
+    items: list[dict] = []
+    seen: set[str] = set()
+    attempt = 0
+    while len(items) < PER_FAMILY:
+        if attempt >= PER_FAMILY * 50:
+            raise RuntimeError(f"family {family}: only {len(items)} items in {attempt} attempts")
+        rng = random.Random(f"{SEED}:{family}:{attempt}")
+        attempt += 1
+        code, mutants = make(rng)
+        answer = run(code)
+        if code in seen or answer is None:
+            continue
+        wrong = distractors(answer, mutants)
+        if len(wrong) < N_CHOICES - 1:
+            continue
+        choices = rng.sample(wrong, N_CHOICES - 1)
+        pos = (len(items) + offset) % N_CHOICES
+        choices.insert(pos, answer)
+        seen.add(code)
+        items.append(
+            {
+                "question": QUESTION.format(code=code),
+                "choices": choices,
+                "answer": pos,
+                "subject": family,
+                "code": code,
+            }
+        )
     return items
+
+
+def build_items() -> list[dict]:
+    """All families, interleaved (one item of each family in turn), so that the first n items
+    (`limit=n`) cover every family and every answer position about equally."""
+    per_family = [family_items(f, i) for i, f in enumerate(FAMILIES)]
+    return [items[n] for n in range(PER_FAMILY) for items in per_family]
 
 
 def render(items: list[dict]) -> str:
@@ -406,9 +369,8 @@ def summary(items: list[dict]) -> str:
     by = Counter(it["subject"] for it in items)
     pos = Counter(it["answer"] for it in items)
     return (
-        f"{len(items)} items in {len(by)} families ("
-        + ", ".join(f"{k} {v}" for k, v in by.items())
-        + f"); answer positions {dict(sorted(pos.items()))}"
+        f"{len(items)} items in {len(by)} families of {PER_FAMILY}; answer positions "
+        f"{dict(sorted(pos.items()))}"
     )
 
 
