@@ -55,3 +55,18 @@ def test_choice_eval_callback_measures_at_start_each_validation_and_logs(tmp_pat
     assert set(metrics) >= {"choice/toy/acc", "choice/toy/acc_norm"}
     csv_text = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "choice/toy/acc" in csv_text.splitlines()[0]
+
+
+def test_demo_and_cpt_replay_run_choice_eval_on_both_embedded_sets(tmp_path):
+    from hydra.utils import instantiate
+
+    from tunelab.callbacks.choice_eval import ChoiceEval
+
+    for experiment, at_start in (("demo", False), ("cpt_replay", True)):
+        cfg = compose_train([f"experiment={experiment}"], tmp_path)
+        spec = cfg.callbacks.choice_eval
+        assert (spec.limit, spec.at_start) == (64, at_start)
+        callback = instantiate(spec)
+        assert isinstance(callback, ChoiceEval)
+        assert sorted(callback.data) == ["prose_cloze", "python_semantics"]
+        assert all(len(items) == 64 for items, _ in callback.data.values())
