@@ -79,16 +79,16 @@ IBRAHIM = {0.01: 0.53, 0.05: 0.71, 0.25: 0.88}
 
 
 def _panel_reduction(ax: Any, summary: list[dict[str, Any]], settings: list[str]) -> None:
-    """1 - F(r) / F(0) of the mean loss forgetting per setting, beside Ibrahim et al.'s."""
+    """1 - F(r) / F(0) of the loss forgetting, paired by seed (95% t-intervals), beside
+    Ibrahim et al.'s."""
     xs_all = sorted({s["replay_ratio"] for s in summary if s["setting"] in settings})
     for i, setting in enumerate(settings):
-        pts = [
-            (s["replay_ratio"], 100 * s["reduction"])
-            for s in summary
-            if s["setting"] == setting and s["reduction"] is not None
-        ]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=f"here ({setting})")
+        sub = [s for s in summary if s["setting"] == setting]
+        xs, ys, es = _series(sub, "reduction_paired", 100.0)
+        if xs:
+            ax.errorbar(
+                xs, ys, yerr=es, fmt="o-", color=f"C{i}", capsize=3, label=f"here ({setting})"
+            )
     ax.plot(
         list(IBRAHIM),
         [100 * v for v in IBRAHIM.values()],
@@ -97,7 +97,7 @@ def _panel_reduction(ax: Any, summary: list[dict[str, Any]], settings: list[str]
         label="Ibrahim et al. Table 2",
     )
     _axes_replay(ax, sorted({*xs_all, *IBRAHIM}), "forgetting reduction vs r = 0 (%)")
-    ax.set_title("1 - forgetting(r) / forgetting(0), loss", fontsize=8)
+    ax.set_title("1 - forgetting(r) / forgetting(0), loss, paired by seed", fontsize=8)
 
 
 def plot_replay(summary: list[dict[str, Any]], out: Path) -> list[Path]:

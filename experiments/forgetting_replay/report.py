@@ -14,7 +14,8 @@ Loss (nats/token, held-out blocks): forgetting = old loss - old loss@0, adaptati
 new loss. Multiple choice (accuracy): MC forgetting = old-set acc@0 - old-set acc, MC adaptation =
 new-set acc - new-set acc@0; acc@0 is the job's own step-0 measurement (ChoiceEval at_start) or,
 without one, the base model's (`--base`: the run folder of the base, whose final model every job
-starts from). "reduction" = 1 - mean F(r) / mean F(0) within a setting (Ibrahim et al.'s measure).
+starts from). "reduction" = 1 - mean F(r) / mean F(0) within a setting (Ibrahim et al.'s measure);
+"paired" = the mean over seeds of 1 - F(r) / F(0) with the r = 0 job of the same seed.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ COLUMNS = [
     "new_acc",
     "mc_forgetting",
     "mc_adaptation",
+    "reduction_paired",
     "job",
 ]
 # (row key, table heading) of the quantities averaged over seeds
@@ -181,7 +183,17 @@ def collect(
         extra = " ".join(sorted(ov for ov in r.pop("overrides") if ov in varying))
         r["setting"] = f"{r['method']} lr={r['peak_lr']:g}" + (f" {extra}" if extra else "")
     rows.sort(key=lambda r: (r["setting"], r["replay_ratio"], str(r["seed"])))
+    add_paired_reduction(rows)
     return rows
+
+
+def add_paired_reduction(rows: list[dict[str, Any]]) -> None:
+    """Per job: 1 - F(r) / F(0) against the r = 0 job of the same setting *and seed* (same
+    validation blocks and data order), None without one or without forgetting there."""
+    zero = {(r["setting"], str(r["seed"])): r["forgetting"] for r in rows if r["replay_ratio"] == 0}
+    for r in rows:
+        f0 = zero.get((r["setting"], str(r["seed"])))
+        r["reduction_paired"] = None if f0 is None else reduction(r["forgetting"], f0)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,8 +212,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": sorted(str(r["seed"]) for r in rs),
             "old_blocks": rs[0]["old_blocks"],
         }
-        for key, _ in MEASURES:
-            vals = [r[key] for r in rs if r[key] is not None]
+        for key in [k for k, _ in MEASURES] + ["reduction_paired"]:
+            vals = [r[key] for r in rs if r.get(key) is not None]
             s[key] = t_interval(vals) if vals else None
         out.append(s)
     zero = {s["setting"]: s for s in out if s["replay_ratio"] == 0.0}
@@ -234,15 +246,18 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
         out.append(f"**{setting}** (mean ± 95% t-interval half-width over seeds)\n")
         out.append(
             "| r | seeds | old blocks | forgetting (loss) | adaptation (loss) | reduction "
-            "| MC forgetting (pts) | MC adaptation (pts) | MC reduction |"
+            "| reduction, paired by seed | MC forgetting (pts) | MC adaptation (pts) "
+            "| MC reduction |"
         )
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for s in sub:
             out.append(
                 f"| {s['replay_ratio']:g} | {s['n']} "
                 f"| {'n/a' if s['old_blocks'] is None else s['old_blocks']} "
                 f"| {fmt_interval(s['forgetting'])} | {fmt_interval(s['adaptation'])} "
                 f"| {_pct(s['reduction'])} "
+                f"| {fmt_interval(s['reduction_paired'], 0, 100)}"
+                f"{'' if s['reduction_paired'] is None else '%'} "
                 f"| {fmt_interval(s['mc_forgetting'], 1, 100)} "
                 f"| {fmt_interval(s['mc_adaptation'], 1, 100)} | {_pct(s['mc_reduction'])} |"
             )

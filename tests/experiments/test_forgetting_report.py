@@ -121,11 +121,14 @@ def test_report_means_intervals_and_reductions_by_hand(tmp_path):
     assert q["forgetting"].half == pytest.approx(1.270620474, abs=1e-9)  # sd 0.1*sqrt(2), n 2
     assert q["reduction"] == pytest.approx(0.85)  # 1 - 0.3 / 2.0
     assert q["mc_reduction"] == pytest.approx(1 - 0.02 / 0.15)
+    # paired by seed: seed 1 1 - 0.2/1 = 0.8, seed 2 1 - 0.4/2 = 0.8: mean 0.8, no spread
+    assert q["reduction_paired"].mean == pytest.approx(0.8) and q["reduction_paired"].half == 0
+    assert [r["reduction_paired"] for r in rows[:3]] == [0.0, 0.0, 0.0]
     lora = summary[("lora lr=0.003", 0.0)]
     assert lora["n"] == 1 and lora["forgetting"].half is None
     table = report.markdown_table(report.summarise(rows))
-    assert "| 0.25 | 2 | 2560 | +0.300 ± 1.271 | +0.400 ± 0.000 | 85% |" in table
-    assert "| 0 | 3 | 0 | +2.000 ± 2.484 | +0.600 ± 0.248 | 0% | +15.0 ± 12.4 |" in table
+    assert "| 0.25 | 2 | 2560 | +0.300 ± 1.271 | +0.400 ± 0.000 | 85% | +80 ± 0% |" in table
+    assert "| 0 | 3 | 0 | +2.000 ± 2.484 | +0.600 ± 0.248 | 0% | +0 ± 0% | +15.0 ± 12.4 |" in table
     lines = report.bars(report.summarise(rows))
     assert (
         "- full lr=0.003: loss forgetting at r = 0 = +2.0000, seed sd 1.0000: 2.0x the sd"
