@@ -186,14 +186,19 @@ def table(section: dict[str, Any], stats: dict[str, Any]) -> str:
                     f"| {part['peak_rss_mib'][name]:.0f} |"
                 )
     for shape, res in section.items():
-        if isinstance(res, dict) and "run" in res:
-            run = res["run"]
+        if not (isinstance(res, dict) and "run" in res):
+            continue
+        for fig, batch in (("sft", "batch_size"), ("dpo", "dpo_batch_size")):
+            if fig not in res:
+                continue
+            run = res[fig].get("run", res["run"])
             st = run["settings"]
+            unit = "pairs" if fig == "dpo" else "examples"
             lines.append(
-                f"\n{shape}: {res['parameters'] / 1e6:.0f}M parameters, run {run['date']}, load "
-                f"average before {run['load_average_before']}, threads {st['threads']}, SFT batch "
-                f"{st['batch_size']}, DPO batch {st['dpo_batch_size']} pairs, {st['repeats']} "
-                f"repeats of {st['warmup']} warmup + {st['steps']} timed steps."
+                f"\n{shape} {fig}: {res['parameters'] / 1e6:.0f}M parameters, run {run['date']}, "
+                f"load average before {run['load_average_before']}, threads {st['threads']}, "
+                f"batch {st[batch]} {unit}, {st['repeats']} repeats of {st['warmup']} warmup + "
+                f"{st['steps']} timed steps."
             )
     return "\n".join(lines)
 
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error(f"unknown figure {fig!r}; choose from sft, dpo")
         print(f"== lora {fig} on {args.preset}", flush=True)
         out[fig] = (run_sft if fig == "sft" else run_dpo)(args, base, workdir)
+        out[fig]["run"] = run_info(args)  # figures of one shape can come from different runs
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     section = {**results.get("lora", {})}
     section[args.preset] = {**section.get(args.preset, {}), **out}
