@@ -77,7 +77,11 @@ def test_multirun_gives_one_offline_wandb_run_per_job_grouped_by_sweep(tmp_path,
 
 
 @pytest.mark.parametrize(
-    "launcher", ["local_parallel", pytest.param("submitit_local", marks=pytest.mark.slow)]
+    "launcher",
+    [  # ~30 s each: slow, so the default run stays near 10 minutes (multirun is tested above)
+        pytest.param("local_parallel", marks=pytest.mark.slow),
+        pytest.param("submitit_local", marks=pytest.mark.slow),
+    ],
 )
 def test_parallel_launchers_run_a_two_job_sweep(tmp_path, toy_file, launcher):
     extra = ["hydra.launcher.timeout_min=5"] if launcher == "submitit_local" else []

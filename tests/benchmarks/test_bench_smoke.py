@@ -185,6 +185,7 @@ def test_dpo_contenders_run_a_segment(tmp_path):
         assert TrlDPO(trl_spec).segment(0)["seconds"] > 0
 
 
+@pytest.mark.slow  # ~20 s: the GPU script's CPU smoke run (the GPU figures are not in CI)
 def test_gpu_script_runs_on_cpu_with_a_tiny_preset(tmp_path):
     from benchmarks.gpu_sft import main
 
