@@ -18,7 +18,7 @@ import argparse
 import json
 from typing import Any
 
-from benchmarks.common import effective_tokens, sft_batches, versions, write_json
+from benchmarks.common import versions
 from benchmarks.paired import (
     add_common_args,
     paired_ratio,
@@ -26,6 +26,7 @@ from benchmarks.paired import (
     prepare,
     run_info,
     save_section,
+    sft_spec,
     start,
     target_table,
     update_block,
@@ -41,27 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_common_args(p)
     args, workdir = start(p, argv)
     base = prepare(args.shape, args.seed, args.threads, workdir)
-    batches = sft_batches(args.batch_size, args.max_length, args.seed, tokenizer=base["tokenizer"])
-    per = args.warmup + args.steps
-    need = per * args.repeats
-    if len(batches) < need:
-        p.error(f"{need} batches needed, the data has {len(batches)}")
-    path = workdir / "sft_batches.json"
-    write_json(path, {"batches": [[ex.ids for ex in b] for b in batches[:need]]})
-    spec = {
-        **{k: v for k, v in base.items() if k not in ("tokenizer", "weights_check")},
-        "batches": str(path),
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "segments": args.repeats,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "packing": True,
-    }
-
-    def tokens(r: int) -> float:
-        return sum(effective_tokens(b) for b in batches[r * per + args.warmup : (r + 1) * per])
-
+    spec, tokens = sft_spec(args, base, workdir)
     print(f"== sft on {args.shape}", flush=True)
     res = paired_segments(["tunelab_sft", "trl_sft"], spec, workdir, args.repeats, tokens, "tok/s")
     res["ratios"] = {"vs_trl": paired_ratio(res["rates"], "tunelab_sft", "trl_sft")}

@@ -21,14 +21,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import effective_tokens, sft_batches, versions, write_json
+from benchmarks.common import versions, write_json
 from benchmarks.paired import (
     add_common_args,
     paired_ratio,
     paired_segments,
+    plain,
     prepare,
     run_info,
     save_section,
+    sft_spec,
     start,
     target_table,
     update_block,
@@ -53,28 +55,7 @@ SOURCES = {
 
 
 def run_sft(args, base: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    batches = sft_batches(args.batch_size, args.max_length, args.seed, tokenizer=base["tokenizer"])
-    per = args.warmup + args.steps
-    need = per * args.repeats
-    if len(batches) < need:
-        raise ValueError(f"sft: {need} batches needed, the data has {len(batches)}")
-    path = workdir / "sft_batches.json"
-    write_json(path, {"batches": [[ex.ids for ex in b] for b in batches[:need]]})
-    spec = {
-        **_plain(base),
-        "batches": str(path),
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "segments": args.repeats,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "packing": True,
-        "lora": LORA,
-    }
-
-    def tokens(r: int) -> float:
-        return sum(effective_tokens(b) for b in batches[r * per + args.warmup : (r + 1) * per])
-
+    spec, tokens = sft_spec(args, base, workdir, lora=LORA)
     names = ["tunelab_sft", "tunelab_sft_lora", "trl_sft_lora"]
     res = paired_segments(names, spec, workdir, args.repeats, tokens, "tokens/s")
     rates, rss = res["rates"], res["peak_rss_mib_per_repeat"]
@@ -102,7 +83,7 @@ def run_dpo(args, base: dict[str, Any], workdir: Path) -> dict[str, Any]:
     ]
     write_json(path, {"batches": pairs})
     spec = {
-        **_plain(base),
+        **plain(base),
         "batches": str(path),
         "warmup": args.warmup,
         "steps": args.steps,
@@ -122,11 +103,6 @@ def run_dpo(args, base: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "peak_rss_lora_vs_trl_peft": paired_ratio(rss, "tunelab_dpo_lora", "trl_dpo_lora"),
     }
     return res
-
-
-def _plain(base: dict[str, Any]) -> dict[str, Any]:
-    """The spec without its live objects (the tokenizer stays in this process)."""
-    return {k: v for k, v in base.items() if k not in ("tokenizer", "weights_check")}
 
 
 def headline(section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -25,9 +25,11 @@ from benchmarks.common import (
     BENCH_DIR,
     bench_tokenizer,
     build_hf_model,
+    effective_tokens,
     make_tunelab_model,
     max_logit_diffs,
     ratio_stats,
+    sft_batches,
     write_hf_folder,
     write_json,
 )
@@ -57,6 +59,41 @@ def prepare(preset: str, seed: int, threads: int, workdir: Path) -> dict[str, An
         "tokenizer": tokenizer,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def plain(base: dict[str, Any]) -> dict[str, Any]:
+    """The spec without prepare()'s live objects (the tokenizer stays in the driver)."""
+    return {k: v for k, v in base.items() if k not in ("tokenizer", "weights_check")}
+
+
+def sft_spec(
+    args, base: dict[str, Any], workdir: Path, **extra: Any
+) -> tuple[dict[str, Any], Callable[[int], float]]:
+    """The SFT batches of every repeat written for the workers, their spec, and work(r): the
+    effective tokens of repeat r's timed steps."""
+    batches = sft_batches(args.batch_size, args.max_length, args.seed, tokenizer=base["tokenizer"])
+    per = args.warmup + args.steps
+    need = per * args.repeats
+    if len(batches) < need:
+        raise ValueError(f"sft: {need} batches needed, the data has {len(batches)}")
+    path = workdir / "sft_batches.json"
+    write_json(path, {"batches": [[ex.ids for ex in b] for b in batches[:need]]})
+    spec = {
+        **plain(base),
+        "batches": str(path),
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "segments": args.repeats,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "packing": True,
+        **extra,
+    }
+
+    def tokens(r: int) -> float:
+        return sum(effective_tokens(b) for b in batches[r * per + args.warmup : (r + 1) * per])
+
+    return spec, tokens
 
 
 def paired_segments(
