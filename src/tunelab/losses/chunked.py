@@ -118,18 +118,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_h[a:b].mul_(scale)
                 if need_w:
                     grad_w = _accumulate(grad_w, probs, h[a:b] * scale)
-        if grad_w is not None:
+        if grad_w is not None and grad_w.shape[0] != vocab:
             grad_w = grad_w[:vocab]
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
+        # Held as attributes, not saved tensors, and let go in the backward: the returned
+        # gradients are then their only reference, which lets autograd add a tied embedding's
+        # gradient into the head's in place instead of copying it (Decoder.embed).
+        ctx.grads = (grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.used:
+        if ctx.grads is None:
             raise RuntimeError("linear_cross_entropy: backward through the same loss twice")
-        ctx.used = True
-        grad_h, grad_w = ctx.saved_tensors
+        (grad_h, grad_w), ctx.grads = ctx.grads, None
         h_dtype, w_dtype = ctx.dtypes
         # A loss backpropagated as is has grad_out == 1: skip two passes over the buffers (on a
         # CPU, where reading the value costs nothing). Otherwise scale in place: the buffers are

@@ -57,7 +57,9 @@ def next_token_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL over the batch's counted targets, their number); chunked: no full logits."""
     if chunked and model.cfg.final_logit_softcapping is None:  # softcap: full logits
-        hidden = model.hidden_states(batch["input_ids"], **_forward_kwargs(batch))
+        hidden = model.hidden_states(
+            batch["input_ids"], **_forward_kwargs(batch), head_follows=True
+        )
         return linear_cross_entropy(hidden, lm_head_weight(model), batch["targets"])
     return masked_cross_entropy(
         model(batch["input_ids"], **_forward_kwargs(batch)), batch["targets"]
@@ -69,7 +71,9 @@ def batch_target_logprobs(
 ) -> torch.Tensor:
     """(B, T) log p(target) of the batch's rows, 0 at ignored targets; chunked: no full logits."""
     if chunked and model.cfg.final_logit_softcapping is None:  # softcap: full logits
-        hidden = model.hidden_states(batch["input_ids"], **_forward_kwargs(batch))
+        hidden = model.hidden_states(
+            batch["input_ids"], **_forward_kwargs(batch), head_follows=True
+        )
         return linear_target_logprobs(hidden, lm_head_weight(model), batch["targets"])
     return target_logprobs(model(batch["input_ids"], **_forward_kwargs(batch)), batch["targets"])
 
