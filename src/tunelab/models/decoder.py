@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +27,24 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.models.config import Config
+from tunelab.models.kv_cache import KVCache, rope_cache
 from tunelab.models.layers import MLP, RMSNorm, make_norm
 from tunelab.models.rope import apply_rope, rope_tables, uses_long_factors
+from tunelab.models.spans import PackedSpans, host_spans, packed_spans
 
-__all__ = ["MLP", "RMSNorm", "Attention", "Block", "Decoder", "KVCache", "make_norm"]
+__all__ = [
+    "MLP",
+    "RMSNorm",
+    "Attention",
+    "Block",
+    "Decoder",
+    "KVCache",
+    "PackedSpans",
+    "host_spans",
+    "make_norm",
+    "packed_spans",
+    "rope_cache",
+]
 
 try:  # FlashAttention over packed variable-length sequences (PyTorch >= 2.9, CUDA, bf16/fp16)
     from torch.nn.attention.varlen import varlen_attn
@@ -48,65 +61,9 @@ MASKED_SDPA_BACKENDS: list[SDPBackend] | None = [
 ]
 
 
-def rope_cache(cfg: Config, length: int, device: torch.device | None = None):
-    """cos/sin tables of shape (length, rotary_dim) of the global layers (see models/rope.py)."""
-    return rope_tables(cfg, length, device)
-
-
-class KVCache:
-    """Preallocated keys/values for every layer, plus which cached keys are real (not padding)."""
-
-    def __init__(self, cfg: Config, batch: int, max_len: int, device, dtype) -> None:
-        shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.length = 0
-        self.max_len = max_len
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; asked for {end}")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-
 # Packed rows on a GPU in bf16/fp16: attention runs per example with FlashAttention's varlen
 # kernel, so the work is the sum of l^2 over examples instead of rows x width^2 with a mask.
 VARLEN_ATTENTION = True
-
-
-class PackedSpans(NamedTuple):
-    """Where each example of packed rows starts in the flattened (B * T) tokens."""
-
-    cu_seqlens: torch.Tensor  # (n + 1,) int32: 0, end of span 0, ..., B * T
-    max_len: int
-
-
-def packed_spans(doc_ids: torch.Tensor) -> PackedSpans:
-    """Spans of equal doc id within each row (a padding run is a span of its own)."""
-    B, T = doc_ids.shape
-    flat = doc_ids.reshape(-1)
-    starts = torch.zeros_like(flat, dtype=torch.bool)
-    starts[::T] = True
-    starts[1:] |= flat[1:] != flat[:-1]
-    edges = torch.nonzero(starts).flatten()
-    total = torch.tensor([flat.numel()], device=flat.device)
-    cu = torch.cat([edges, total]).to(torch.int32)
-    return PackedSpans(cu, int((cu[1:] - cu[:-1]).max()))
-
-
-def host_spans(spans: PackedSpans, tokens: int, device: torch.device) -> PackedSpans:
-    """Spans from the host on `device` (an asynchronous copy), checked against the batch's size."""
-    cu = spans.cu_seqlens
-    if cu.device.type == "cpu" and (cu.numel() < 2 or int(cu[-1]) != tokens):
-        covered = int(cu[-1]) if cu.numel() else 0
-        raise ValueError(
-            f"packed spans (cu_seqlens) cover {covered} tokens, the batch has {tokens}"
-        )
-    return PackedSpans(cu.to(device, torch.int32, non_blocking=True), int(spans.max_len))
 
 
 def _varlen_causal(
