@@ -9,6 +9,7 @@ from tests.conftest import compose_train
 from tunelab.models.config import Config
 from tunelab.models.decoder import Decoder
 from tunelab.models.tokenizer import gpt2_tokenizer
+from tunelab.tasks.cpt import CPTTask
 from tunelab.tasks.sft import SFTTask
 from tunelab.train import train
 from tunelab.utils.resume import check_resume, model_metadata
@@ -41,6 +42,18 @@ def save_ckpt(path, task: SFTTask, run: dict | None = FINGERPRINT, **extra) -> s
 def test_a_matching_checkpoint_passes(tmp_path):
     task = tiny_task()
     check_resume(save_ckpt(tmp_path / "a.ckpt", task), task, dict(FINGERPRINT))
+
+
+def test_a_cpt_checkpoint_resumes_with_its_progress_saved(tmp_path):
+    """The step-0 losses and blocks seen are progress, not settings: the same run resumes."""
+    task = CPTTask(Decoder(Config.from_preset("tiny-gpt2")), gpt2_tokenizer(), "alpaca")
+    task.baseline, task.blocks_seen = {"new": 2.5, "old": 2.0}, {"new": 18, "old": 6}
+    path = save_ckpt(tmp_path / "cpt.ckpt", task)
+    check_resume(
+        path,
+        CPTTask(Decoder(Config.from_preset("tiny-gpt2")), gpt2_tokenizer(), "alpaca"),
+        dict(FINGERPRINT),
+    )
 
 
 def test_truncated_and_code_carrying_checkpoints_are_refused_in_one_line(tmp_path):

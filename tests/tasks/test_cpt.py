@@ -183,7 +183,7 @@ def test_resumed_trainer_rewarms_at_restart_step_and_keeps_the_baseline(
     resumed = tmp_path / "resumed"
     overrides = cpt_overrides(
         new, old, f"ckpt_path={ckpt}", "trainer.max_epochs=2",
-        "callbacks.lr_schedule.restart_step=6", *SCHED,
+        "callbacks.lr_schedule.restart_step=6", *SCHED, "resume_policy=allow_changes",
     )  # fmt: skip
     train(compose_train(overrides, resumed))
     got = lrs(resumed)

@@ -28,8 +28,9 @@ POLICIES = ("strict", "allow_changes")
 RUN_KEY = "tunelab_run"
 # Settings that do not change what is computed.
 IGNORED = ("data.num_workers", "task.activation_checkpointing")
-# Checkpoint metadata that changes during a run.
-DYNAMIC_META = ("tokens_seen", "skipped_batches")
+# Checkpoint metadata that changes during a run: its progress, not its settings (CPT: the
+# step-0 losses and the blocks seen per corpus).
+DYNAMIC_META = ("tokens_seen", "skipped_batches", "cpt_baseline", "cpt_blocks_seen")
 # Differences no policy can allow: the saved weights or optimizer state would not fit.
 HARD_PREFIXES = ("model_config.", "lora.", "optimizer._target_")
 
