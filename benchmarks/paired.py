@@ -9,8 +9,10 @@ of benchmarks/README.md, so figures of other drivers are kept.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -143,7 +145,10 @@ def start(argv_parser, argv: list[str] | None):
         argv_parser.error("--warmup, --steps and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tunelab_bench_"))
+    workdir = args.workdir
+    if workdir is None:  # weights and folders of GBs: a temporary workdir goes at exit
+        workdir = Path(tempfile.mkdtemp(prefix="tunelab_bench_"))
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     return args, workdir
 
