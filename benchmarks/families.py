@@ -77,7 +77,9 @@ def table(shape: str, res: dict[str, Any]) -> str:
         f"before {res['run']['load_average_before']}, threads {st['threads']}, batch "
         f"{st['batch_size']}, {st['repeats']} repeats of {st['warmup']} warmup + {st['steps']} "
         "timed steps; max |logit difference| to transformers "
-        f"{res['weights_check']['transformers']:.1e}."
+        f"{res['weights_check']['transformers']:.1e}. The figure is the median of the "
+        "per-repeat ratios (each repeat runs both back to back), not the ratio of the medians "
+        "above: on a shared machine the repeats' speeds move together."
     )
     return "\n".join(lines)
 
