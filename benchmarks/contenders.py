@@ -135,12 +135,11 @@ def tunelab_optimizer_factory():
     return hydra.utils.instantiate(OmegaConf.load(Path(conf_dir()) / "optimizer" / "adamw.yaml"))
 
 
-def apply_malloc_policy(spec: dict[str, Any], model: torch.nn.Module) -> str:
-    """tunelab's CPU malloc policy for this worker process and model (spec `malloc`, default
-    `auto` as in conf/callbacks/cpu_allocator.yaml: `release` for LoRA, `keep` otherwise)."""
-    from tunelab.callbacks.cpu_allocator import resolve_policy, set_malloc_policy
+def apply_malloc_policy(spec: dict[str, Any]) -> str:
+    """tunelab's CPU malloc policy for this worker process (spec `malloc`, default `keep`)."""
+    from tunelab.callbacks.cpu_allocator import set_malloc_policy
 
-    policy = resolve_policy(spec.get("malloc", "auto"), model)
+    policy = spec.get("malloc", "keep")
     set_malloc_policy(policy)
     return policy
 
@@ -198,7 +197,7 @@ class TunelabSFT(SFTContender):
             optimizer=tunelab_optimizer_factory(),
         )
         # what conf/callbacks/cpu_allocator.yaml does at fit start, here before either loop runs
-        self.malloc_policy = apply_malloc_policy(spec, self.model)
+        self.malloc_policy = apply_malloc_policy(spec)
         self.packing = spec.get("packing", True)
         self.max_length = spec["max_length"]
 

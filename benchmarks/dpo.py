@@ -71,7 +71,8 @@ class TunelabDPO(DPOContender):
         # tunelab_dpo_lowmem: task.activation_checkpointing=true and
         # callbacks.cpu_allocator.policy=release, tunelab's settings for the lowest peak memory
         self.lowmem = spec.get("contender", "").endswith("_lowmem")
-        default_policy = "release" if self.lowmem else "auto"
+        default_policy = "release" if self.lowmem else "keep"
+        self.malloc_policy = apply_malloc_policy({"malloc": spec.get("malloc", default_policy)})
         from tunelab.data.records import Record
         from tunelab.tasks.dpo import DPOTask
 
@@ -96,12 +97,8 @@ class TunelabDPO(DPOContender):
                 return self._loader("train", shuffle=False)
 
         self.Segment = Segment
-        model = self.tunelab_model()
-        self.malloc_policy = apply_malloc_policy(
-            {"malloc": spec.get("malloc", default_policy)}, model
-        )
         self.task = DPOTask(
-            model=model,
+            model=self.tunelab_model(),
             tokenizer=tok,
             prompt_style="alpaca",
             optimizer=tunelab_optimizer_factory(),

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from tunelab.callbacks.cpu_allocator import CPUAllocator, _glibc, resolve_policy, set_malloc_policy
-from tunelab.models import load_pretrained
+from tunelab.callbacks.cpu_allocator import CPUAllocator, _glibc
 
 PROBE = """
 import resource, sys, torch
@@ -39,18 +38,5 @@ def test_keep_reuses_pages_and_release_faults_them_in_again():
 
 
 def test_unknown_policy_names_the_key():
-    with pytest.raises(
-        ValueError, match="callbacks.cpu_allocator.policy: expected one of auto, keep"
-    ):
+    with pytest.raises(ValueError, match="callbacks.cpu_allocator.policy: expected one of keep"):
         CPUAllocator(policy="fast")
-
-
-def test_auto_releases_memory_for_lora_models_and_keeps_it_otherwise():
-    full = load_pretrained("tiny-llama", seed=0).model
-    lora = load_pretrained("tiny-llama", seed=0, lora={"rank": 2}).model
-    assert resolve_policy("auto", full) == "keep"
-    assert resolve_policy("auto", lora) == "release"
-    assert resolve_policy("keep", lora) == "keep"  # an explicit policy is left alone
-    assert CPUAllocator().policy == "auto"
-    with pytest.raises(ValueError, match="resolve `auto`"):
-        set_malloc_policy("auto")

@@ -10,11 +10,6 @@ step faults its pages in again: on a 124M model that is ~250k page faults and ~1
 - `release`: a fixed 128 KiB threshold: every tensor above it gets its own mapping, unmapped when
   freed, so resident memory follows live memory (the lowest peak), at the cost of the faults.
 - `default`: leave glibc's own adaptive threshold alone.
-- `auto` (the default): `release` when the model carries LoRA adapters, `keep` otherwise. A LoRA
-  run is chosen to save memory, and there `keep`'s high-water mark costs most: the live memory is
-  small (frozen weights, no base gradients or optimizer state) and the freed activations'
-  fragmented heap stays resident (SmolLM2-135M rank 16: 2.02 GB with `keep`, 1.61 GB with
-  `release`, measured; benchmarks/README.md has the speed side).
 
 Process-wide and lasting for the rest of the process (malloc has no undo); applied only when the
 run trains on a CPU and the C library is glibc (elsewhere it logs that it did nothing).
@@ -27,14 +22,11 @@ import ctypes.util
 import logging
 
 import lightning as L
-from torch import nn
-
-from tunelab.models.lora import has_lora
 
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-POLICIES = ("auto", "keep", "release", "default")
+POLICIES = ("keep", "release", "default")
 KEEP_BYTES = 1 << 30
 RELEASE_BYTES = 128 * 1024
 
@@ -58,18 +50,9 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-def resolve_policy(policy: str, model: nn.Module) -> str:
-    """The concrete policy for training `model`: `auto` becomes `release` or `keep`."""
-    if check_policy(policy) != "auto":
-        return policy
-    return "release" if has_lora(model) else "keep"
-
-
 def set_malloc_policy(policy: str) -> bool:
-    """Apply a concrete policy (see the module docstring); False where the C library is not glibc."""
-    if check_policy(policy) == "auto":
-        raise ValueError("set_malloc_policy: resolve `auto` for the model first (resolve_policy)")
-    if policy == "default":
+    """Apply a policy (see the module docstring); False where the C library is not glibc."""
+    if check_policy(policy) == "default":
         return True
     libc = _glibc()
     if libc is None:
@@ -88,12 +71,11 @@ def set_malloc_policy(policy: str) -> bool:
 class CPUAllocator(L.Callback):
     """Sets the malloc policy when a fit on a CPU starts (see the module docstring)."""
 
-    def __init__(self, policy: str = "auto") -> None:
+    def __init__(self, policy: str = "keep") -> None:
         self.policy = check_policy(policy)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or trainer.strategy.root_device.type != "cpu":
             return
-        policy = resolve_policy(self.policy, getattr(pl_module, "model", pl_module))
-        if set_malloc_policy(policy) and policy != "default":
-            log.info("cpu_allocator: glibc malloc policy %r for CPU training", policy)
+        if set_malloc_policy(self.policy) and self.policy != "default":
+            log.info("cpu_allocator: glibc malloc policy %r for CPU training", self.policy)
