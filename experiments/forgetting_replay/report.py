@@ -33,7 +33,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import Interval, reduction, t_interval  # noqa: E402
 
-IGNORED_OVERRIDES = ("data.replay_ratio=", "seed=", "optimizer.lr=", "hparams_search=")
+# Overrides that do not name a setting: the sweep's own keys, and what changes how fast or in
+# how much memory a job runs but not what it computes (the malloc policy, threads).
+IGNORED_OVERRIDES = (
+    "data.replay_ratio=",
+    "seed=",
+    "optimizer.lr=",
+    "hparams_search=",
+    "callbacks.cpu_allocator.policy=",
+)
 COLUMNS = [
     "setting",
     "method",
