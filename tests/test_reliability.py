@@ -211,6 +211,26 @@ def test_output_files_are_written_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
+def test_tables_summaries_and_tokenizers_are_written_atomically(tmp_path):
+    from tunelab.models.tokenizer import gpt2_tokenizer
+    from tunelab.summarize import write_tables
+    from tunelab.utils.errors import OutputError
+    from tunelab.utils.io import write_csv
+
+    rows = [{"job": "0", "val/loss": 1.25, "extra": "x"}, {"job": "1", "val/loss": 0.5}]
+    path = write_csv(tmp_path / "t.csv", rows, ["job", "val/loss"])
+    assert path.read_bytes() == b"job,val/loss\r\n0,1.25\r\n1,0.5\r\n"
+    # a row that cannot be written: refused naming the file, the previous table stays
+    with pytest.raises(OutputError, match=r"t\.csv: cannot write"):
+        write_csv(tmp_path / "t.csv", [{"job": "\ud800"}], ["job"])
+    assert path.read_bytes() == b"job,val/loss\r\n0,1.25\r\n1,0.5\r\n"
+    csv_path, md_path = write_tables(rows, tmp_path / "sweep", metrics=["val/loss"])
+    assert md_path.read_text().splitlines()[2] == "| 0 | x | 1.25 |"  # non-metric columns stay
+    gpt2_tokenizer().save(tmp_path / "tok")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep", "t.csv", "tok"]
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["tokenizer.json"]
+
+
 def _no_space(obj, f, *args, **kwargs):
     f.write(b"part of a checkpoint")
     raise OSError(errno.ENOSPC, "No space left on device")

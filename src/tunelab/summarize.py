@@ -8,13 +8,14 @@ Jobs without metrics (failed or still running) are listed with status `missing m
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tunelab.utils.io import atomic_write_text, write_csv
 
 DEFAULT_METRICS = (
     "val/loss",
@@ -94,13 +95,10 @@ def write_tables(
     if metrics:
         cols = [c for c in cols if "/" not in c or c in metrics]
     csv_path, md_path = folder / "summary.csv", folder / "summary.md"
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(csv_path, rows, cols)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 

@@ -13,7 +13,6 @@ the start and the end of training: table + heatmap to W&B, PNG/CSV/JSON in the r
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from tunelab.callbacks.hooks import capture_block_outputs, find_decoder
 from tunelab.models.decoder import Decoder
 from tunelab.models.tokenizer import Tokenizer
+from tunelab.utils.io import atomic_save, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -278,15 +278,6 @@ ROW_COLUMNS = [
 ]
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def plot_lens(result: LensResult, path: Path, title: str = "", max_prompts: int = 4) -> Path:
     """Heatmap per prompt: rows = layers, columns = positions, text = top-1 token, colour = KL."""
     # A bare Figure (no pyplot): no global backend state, nothing to close, safe off the main thread.
@@ -330,9 +321,7 @@ def plot_lens(result: LensResult, path: Path, title: str = "", max_prompts: int 
             "KL(final || layer), nats", fontsize=7
         )
     fig.suptitle(title or "logit lens: top-1 token per layer and position", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def compare_rows(start: LensResult, end: LensResult) -> list[dict[str, Any]]:
@@ -460,8 +449,9 @@ class LogitLens(L.Callback):
                 for p in result.prompts
             ],
         }
-        (self.output_dir / f"{phase}.json").write_text(
-            json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        atomic_write_text(
+            self.output_dir / f"{phase}.json",
+            json.dumps(payload, indent=1, ensure_ascii=False) + "\n",
         )
         if "start" in self.results and "end" in self.results:
             cmp = compare_rows(self.results["start"], self.results["end"])

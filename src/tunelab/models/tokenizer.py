@@ -32,6 +32,8 @@ from typing import Any
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from tunelab.utils.io import atomic_write_text
+
 GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 )
@@ -272,10 +274,7 @@ class Tokenizer:
         )
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_spec()), encoding="utf-8")
-        return path
+        return atomic_write_text(Path(directory) / "tokenizer.json", json.dumps(self.to_spec()))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

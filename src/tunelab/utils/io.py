@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import json
 import os
@@ -156,4 +157,13 @@ def atomic_save(path: str | Path, save: Callable[[IO[bytes]], None]) -> Path:
     """Run `save(file)` (e.g. torch.save) into a temporary file and rename it over `path`."""
     with atomic_write(path, "wb") as f:
         save(f)
+    return Path(path)
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """A CSV table (header + rows, keys outside `columns` ignored) written atomically."""
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
     return Path(path)
