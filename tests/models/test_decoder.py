@@ -62,6 +62,22 @@ def test_generation_stops_at_stop_ids(model):
     assert generate(model, [[5, 6, 7]], max_new_tokens=8, stop_ids=[first[k]])[0] == first[:k]
 
 
+def test_generation_gives_back_train_mode_on_every_exit(model):
+    model.train()
+    assert generate(model, [[5, 6, 7]], max_new_tokens=0) == [[]]  # the early return
+    assert model.training
+
+    def cancel(token):
+        raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError, match="client went away"):
+        generate(model, [[5, 6, 7]], max_new_tokens=4, on_token=cancel)
+    assert model.training
+    model.eval()
+    generate(model, [[5, 6, 7]], max_new_tokens=2)
+    assert not model.training
+
+
 def test_presets_and_config_errors():
     assert Decoder(Config.from_preset("gpt2-124m")).num_parameters == 124_439_808
     with pytest.raises(KeyError, match="unknown model preset 'gpt5'"):

@@ -61,43 +61,45 @@ def generate(
         raise ValueError(f"generate: on_token streams one prompt, got {len(prompts)}")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    B = len(prompts)
-    width = max(len(p) for p in prompts)
-    limit = model.cfg.context_length
-    max_new_tokens = max(0, min(max_new_tokens, limit - width))
-    ids = torch.zeros(B, width, dtype=torch.long, device=device)
-    valid = torch.zeros(B, width, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, device=device)
-        valid[i, width - len(p) :] = True
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    cache = KVCache(model.cfg, B, width + max_new_tokens, device, dtype)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
-    out = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    if max_new_tokens == 0:
+    try:  # the caller's train/eval mode comes back on every exit
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        B = len(prompts)
+        width = max(len(p) for p in prompts)
+        limit = model.cfg.context_length
+        max_new_tokens = max(0, min(max_new_tokens, limit - width))
+        ids = torch.zeros(B, width, dtype=torch.long, device=device)
+        valid = torch.zeros(B, width, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, device=device)
+            valid[i, width - len(p) :] = True
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        cache = KVCache(model.cfg, B, width + max_new_tokens, device, dtype)
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+        out = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        if max_new_tokens == 0:
+            return out
+        logits = model(ids, positions=positions, cache=cache, attention_mask=valid)[:, -1]
+        next_pos = positions[:, -1] + 1
+        for _ in range(max_new_tokens):
+            tok = sample_next(logits, temperature, top_k, top_p, generator)
+            done |= torch.isin(tok, stop)
+            for i in range(B):
+                if not done[i]:
+                    out[i].append(int(tok[i]))
+            if on_token is not None and not bool(done[0]) and on_token(out[0][-1]):
+                break
+            if bool(done.all()) or cache.length >= cache.max_len:
+                break
+            logits = model(
+                tok[:, None],
+                positions=next_pos[:, None],
+                cache=cache,
+                attention_mask=torch.ones(B, 1, dtype=torch.bool, device=device),
+            )[:, -1]
+            next_pos = next_pos + 1
         return out
-    logits = model(ids, positions=positions, cache=cache, attention_mask=valid)[:, -1]
-    next_pos = positions[:, -1] + 1
-    for _ in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_k, top_p, generator)
-        done |= torch.isin(tok, stop)
-        for i in range(B):
-            if not done[i]:
-                out[i].append(int(tok[i]))
-        if on_token is not None and not bool(done[0]) and on_token(out[0][-1]):
-            break
-        if bool(done.all()) or cache.length >= cache.max_len:
-            break
-        logits = model(
-            tok[:, None],
-            positions=next_pos[:, None],
-            cache=cache,
-            attention_mask=torch.ones(B, 1, dtype=torch.bool, device=device),
-        )[:, -1]
-        next_pos = next_pos + 1
-    model.train(was_training)
-    return out
+    finally:
+        model.train(was_training)
