@@ -121,8 +121,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_w is not None and grad_w.shape[0] != vocab:
             grad_w = grad_w[:vocab]
         # Held as attributes, not saved tensors, and let go in the backward: the returned
-        # gradients are then their only reference, which lets autograd add a tied embedding's
-        # gradient into the head's in place instead of copying it (Decoder.embed).
+        # gradients are then their only reference, so autograd can add other gradients of the
+        # same tensor into them in place (a tied embedding's dense gradient into the head's)
+        # instead of allocating the sum.
         ctx.grads = (grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total * scale
