@@ -244,6 +244,27 @@ def sft_batches(
     return [[examples[i] for i in idx] for idx in loader.batch_sampler]
 
 
+def write_sft_batches(args: Any, workdir: Path, tokenizer: Any = None) -> tuple[dict, list]:
+    """The SFT batches of every repeat (`args`: batch_size, max_length, seed, warmup, steps,
+    repeats) written to workdir for the workers: (the spec keys naming them, the batches)."""
+    batches = sft_batches(args.batch_size, args.max_length, args.seed, tokenizer=tokenizer)
+    need = (args.warmup + args.steps) * args.repeats
+    if len(batches) < need:
+        raise ValueError(f"sft: {need} batches needed, the data has {len(batches)}")
+    path = workdir / "sft_batches.json"
+    write_json(path, {"batches": [[ex.ids for ex in b] for b in batches[:need]]})
+    spec = {
+        "batches": str(path),
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "segments": args.repeats,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "packing": True,
+    }
+    return spec, batches
+
+
 def effective_tokens(batch: Sequence[Any]) -> int:
     """Non-pad tokens that go through the model for a batch of examples (inputs only)."""
     return sum(len(ex.ids) if hasattr(ex, "ids") else len(ex) for ex in batch)

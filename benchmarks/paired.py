@@ -31,9 +31,9 @@ from benchmarks.common import (
     make_tunelab_model,
     max_logit_diffs,
     ratio_stats,
-    sft_batches,
     write_hf_folder,
     write_json,
+    write_sft_batches,
 )
 
 
@@ -73,24 +73,9 @@ def sft_spec(
 ) -> tuple[dict[str, Any], Callable[[int], float]]:
     """The SFT batches of every repeat written for the workers, their spec, and work(r): the
     effective tokens of repeat r's timed steps."""
-    batches = sft_batches(args.batch_size, args.max_length, args.seed, tokenizer=base["tokenizer"])
+    batch_spec, batches = write_sft_batches(args, workdir, tokenizer=base["tokenizer"])
+    spec = {**plain(base), **batch_spec, **extra}
     per = args.warmup + args.steps
-    need = per * args.repeats
-    if len(batches) < need:
-        raise ValueError(f"sft: {need} batches needed, the data has {len(batches)}")
-    path = workdir / "sft_batches.json"
-    write_json(path, {"batches": [[ex.ids for ex in b] for b in batches[:need]]})
-    spec = {
-        **plain(base),
-        "batches": str(path),
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "segments": args.repeats,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "packing": True,
-        **extra,
-    }
 
     def tokens(r: int) -> float:
         return sum(effective_tokens(b) for b in batches[r * per + args.warmup : (r + 1) * per])

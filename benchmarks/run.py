@@ -34,10 +34,10 @@ from benchmarks.common import (
     make_tunelab_model,
     max_logit_diffs,
     ratio_stats,
-    sft_batches,
     training_flops,
     versions,
     write_json,
+    write_sft_batches,
 )
 
 PREFIX = "@@BENCH "
@@ -148,23 +148,9 @@ def rotated(items: list[Any], r: int) -> list[Any]:
 
 def run_sft(args, base: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """SFT effective tokens/s (+ the Lightning-vs-plain-loop overhead and FLOP/s)."""
-    batches = sft_batches(args.batch_size, args.max_length, args.seed)
+    batch_spec, batches = write_sft_batches(args, workdir)
+    spec = {**base, **batch_spec}
     per_segment = args.warmup + args.steps
-    need = per_segment * args.repeats
-    if len(batches) < need:
-        raise ValueError(f"sft: {need} batches needed, the data has {len(batches)}")
-    batch_path = workdir / "sft_batches.json"
-    write_json(batch_path, {"batches": [[ex.ids for ex in b] for b in batches[:need]]})
-    spec = {
-        **base,
-        "batches": str(batch_path),
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "segments": args.repeats,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "packing": True,
-    }
     names = ["tunelab_sft"]
     if have("llms_from_scratch"):
         names.append("seed_sft")
