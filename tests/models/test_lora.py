@@ -169,3 +169,24 @@ def test_adapters_load_onto_their_own_base_only(tmp_path):
         ValueError, match="differs from the one these LoRA adapters were trained on"
     ):
         load_tunelab_checkpoint(tmp_path / "b.ckpt")
+
+
+def test_adapters_run_under_bf16_autocast_as_in_mixed_precision_training():
+    """The adapters are accumulated in place into the base output, an op autocast leaves alone:
+    it must still work when autocast makes that output bf16 (Lightning's bf16-mixed)."""
+    torch.manual_seed(0)
+    lin = LoRALinear(torch.nn.Linear(8, 12), {"q": (0, 4), "v": (8, 12)}, 2, 4.0, 0.0)
+    lin.weight.requires_grad_(False)  # frozen, as apply_lora leaves it
+    lin.bias.requires_grad_(False)
+    for b in lin.lora_b.values():
+        torch.nn.init.normal_(b)
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        exact = lin(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), exact, atol=0.1, rtol=0.02)
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in lin.lora_a.values())
+    assert lin.weight.grad is None

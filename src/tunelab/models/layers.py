@@ -45,12 +45,51 @@ def _activation(name: str):
     return F.gelu
 
 
+class _GatedActivation(torch.autograd.Function):
+    """act(gate) * up that saves only gate and up for its backward.
+
+    Autograd would also keep act(gate) (a third tokens x intermediate tensor per layer, a
+    seventh of a SwiGLU model's saved activations); it is recomputed here, an elementwise pass.
+    The backward uses ATen's own derivative kernels, so gradients are bitwise those of autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, name: str) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        ctx.name = name
+        return _activation(name)(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gate, up = ctx.saved_tensors
+        name = ctx.name
+        grad_gate = grad_up = None
+        if ctx.needs_input_grad[1]:
+            grad_up = grad * _activation(name)(gate)
+        if ctx.needs_input_grad[0]:
+            g = grad * up
+            if name == "silu":
+                grad_gate = torch.ops.aten.silu_backward(g, gate)
+            else:
+                approximate = "tanh" if name == "gelu_tanh" else "none"
+                grad_gate = torch.ops.aten.gelu_backward(g, gate, approximate=approximate)
+        return grad_gate, grad_up, None
+
+
+def gated_activation(gate: torch.Tensor, up: torch.Tensor, name: str) -> torch.Tensor:
+    """act(gate) * up (SwiGLU / GeGLU), keeping two tensors for the backward instead of three."""
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return _GatedActivation.apply(gate, up, name)
+    return _activation(name)(gate) * up
+
+
 class MLP(nn.Module):
     """Gated (Llama-style family): down(act(gate(x)) * up(x)); GPT-2: proj(act(fc(x)))."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.swiglu = cfg.family == "llama"  # gated layout (SwiGLU, or GeGLU with gelu_tanh)
+        self.act_name = cfg.mlp_activation
         self.act = _activation(cfg.mlp_activation)
         bias = cfg.mlp_bias
         if self.swiglu:
@@ -63,5 +102,5 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
-            return self.down(self.act(self.gate(x)) * self.up(x))
+            return self.down(gated_activation(self.gate(x), self.up(x), self.act_name))
         return self.proj(self.act(self.fc(x)))

@@ -146,22 +146,19 @@ class LoRALinear(nn.Linear):
         out = F.linear(x, self.weight, self.bias)
         if not self.adapters_enabled:
             return out
-        return out + self._pad(x, [self._delta(n, self.lora_dropout(x)) for n in self.slices])
-
-    def _delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.lora_a[name]), self.lora_b[name]) * self.scale
-
-    def _pad(self, like: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
-        """Place per-slice parts at their rows of the output (zeros elsewhere), last dim."""
-        out, pos = [], 0
-        for part, (start, end) in zip(parts, self.slices.values(), strict=True):
-            if start > pos:
-                out.append(part.new_zeros(*part.shape[:-1], start - pos))
-            out.append(part)
-            pos = end
-        if pos < self.out_features:
-            out.append(parts[-1].new_zeros(*parts[-1].shape[:-1], self.out_features - pos))
-        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+        # out[:, slice] += scale * (dropout(x) A^T) B^T, accumulated in place by addmm_: the
+        # base output is the only (tokens, out) tensor the layer allocates, so a step holds
+        # no per-adapter products and padded copies of the output beside the saved activations
+        # (on the CPU those transients fragment the heap: ~0.4 GB of peak RSS on SmolLM2-135M).
+        # The frozen base's output is not needed by its backward, so writing into it is safe.
+        flat = out.view(-1, self.out_features)
+        xd = self.lora_dropout(x).reshape(-1, self.in_features)
+        for name, (start, end) in self.slices.items():
+            target = flat if end - start == self.out_features else flat[:, start:end]
+            xa = xd @ self.lora_a[name].t()  # autocast leaves in-place ops alone: one dtype
+            b = self.lora_b[name].t().to(flat.dtype)
+            target.addmm_(xa.to(flat.dtype), b, alpha=self.scale)
+        return out
 
     def delta_weight(self) -> torch.Tensor:
         """(out, in) matrix the adapters add to the weight: scale * B @ A per slice."""
