@@ -37,8 +37,8 @@ class Contender:
         torch.manual_seed(spec.get("seed", 123))
         self.cfg = Config.from_dict(json.loads(Path(spec["config"]).read_text()))
         self.eot = spec.get("eot", EOT)  # end-of-text target and pad id of the batches
-        # the `*_lora` contenders: adapters of spec["lora"] on the frozen base
-        lora = spec.get("lora") if spec.get("contender", "").endswith("_lora") else None
+        # the `*_lora*` contenders: adapters of spec["lora"] on the frozen base
+        lora = spec.get("lora") if "_lora" in spec.get("contender", "") else None
         self.lora: dict[str, Any] | None = lora
 
     def load_state(self) -> dict[str, torch.Tensor]:
@@ -195,6 +195,8 @@ class TunelabSFT(SFTContender):
             tokenizer=bench_tokenizer(self.cfg),
             prompt_style="alpaca",
             optimizer=tunelab_optimizer_factory(),
+            # `*_recompute`: task.activation_checkpointing=true, the work TRL's defaults do
+            activation_checkpointing=spec.get("contender", "").endswith("_recompute"),
         )
         # what conf/callbacks/cpu_allocator.yaml does at fit start, here before either loop runs
         self.malloc_policy = apply_malloc_policy(spec)
@@ -519,6 +521,7 @@ CONTENDERS: dict[str, str] = {
     "seed_sft": "benchmarks.contenders:SeedSFT",
     "trl_sft": "benchmarks.contenders:TrlSFT",
     "tunelab_sft_lora": "benchmarks.contenders:TunelabSFT",
+    "tunelab_sft_lora_recompute": "benchmarks.contenders:TunelabSFT",
     "trl_sft_lora": "benchmarks.contenders:TrlSFT",
     "tunelab_dpo_lora": "benchmarks.dpo:TunelabDPO",
     "trl_dpo_lora": "benchmarks.dpo:TrlDPO",

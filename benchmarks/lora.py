@@ -7,8 +7,11 @@
 For one model shape (random init, seed 123; the same weights for every contender, checked
 against transformers first), rank 16 / alpha 32 adapters on every linear layer of the blocks:
 - SFT: `tunelab_sft` (full fine-tuning, the project's defaults), `tunelab_sft_lora` (the same
-  with `model.lora`), and TRL's `SFTTrainer` given a PEFT `LoraConfig(r=16, lora_alpha=32,
-  target_modules="all-linear")` (`trl_sft_lora`): tokens/s and peak RSS;
+  with `model.lora`), `tunelab_sft_lora_recompute` (that with `task.activation_checkpointing`),
+  and TRL's `SFTTrainer` at its defaults given a PEFT `LoraConfig(r=16, lora_alpha=32,
+  target_modules="all-linear")` (`trl_sft_lora`): tokens/s and peak RSS. TRL's defaults recompute
+  activations in the backward (`gradient_checkpointing=True`), so the vs-TRL headlines pair it
+  with `tunelab_sft_lora_recompute` (the same work); defaults against defaults is reported too;
 - DPO: `tunelab_dpo_lora` (`task.reference=adapters_off`) and TRL's `DPOTrainer` with the same
   PEFT config (its reference is also the adapter-disabled model): pairs/s and peak RSS.
 The headline keys take, over the shapes measured, the least favourable median.
@@ -48,22 +51,27 @@ TARGETS = {
 SOURCES = {
     "lora_peak_rss_ratio_vs_full": ("sft", "peak_rss_lora_vs_full"),
     "lora_tokens_per_s_ratio_vs_full": ("sft", "lora_vs_full"),
-    "lora_sft_tokens_per_s_ratio_vs_trl_peft": ("sft", "lora_vs_trl_peft"),
-    "lora_sft_peak_rss_ratio_vs_trl_peft": ("sft", "peak_rss_lora_vs_trl_peft"),
+    "lora_sft_tokens_per_s_ratio_vs_trl_peft": ("sft", "recompute_lora_vs_trl_peft"),
+    "lora_sft_peak_rss_ratio_vs_trl_peft": ("sft", "peak_rss_recompute_lora_vs_trl_peft"),
     "lora_dpo_pairs_per_s_ratio_vs_trl_peft": ("dpo", "lora_vs_trl_peft"),
 }
 
 
 def run_sft(args, base: dict[str, Any], workdir: Path) -> dict[str, Any]:
     spec, tokens = sft_spec(args, base, workdir, lora=LORA)
-    names = ["tunelab_sft", "tunelab_sft_lora", "trl_sft_lora"]
+    lora, recompute, trl = "tunelab_sft_lora", "tunelab_sft_lora_recompute", "trl_sft_lora"
+    names = ["tunelab_sft", lora, recompute, trl]
     res = paired_segments(names, spec, workdir, args.repeats, tokens, "tokens/s")
     rates, rss = res["rates"], res["peak_rss_mib_per_repeat"]
     res["ratios"] = {
-        "lora_vs_full": paired_ratio(rates, "tunelab_sft_lora", "tunelab_sft"),
-        "peak_rss_lora_vs_full": paired_ratio(rss, "tunelab_sft_lora", "tunelab_sft"),
-        "lora_vs_trl_peft": paired_ratio(rates, "tunelab_sft_lora", "trl_sft_lora"),
-        "peak_rss_lora_vs_trl_peft": paired_ratio(rss, "tunelab_sft_lora", "trl_sft_lora"),
+        "lora_vs_full": paired_ratio(rates, lora, "tunelab_sft"),
+        "peak_rss_lora_vs_full": paired_ratio(rss, lora, "tunelab_sft"),
+        # like for like: both recompute activations (TRL's default)
+        "recompute_lora_vs_trl_peft": paired_ratio(rates, recompute, trl),
+        "peak_rss_recompute_lora_vs_trl_peft": paired_ratio(rss, recompute, trl),
+        # each at its defaults: tunelab keeps activations, TRL recomputes them
+        "lora_vs_trl_peft": paired_ratio(rates, lora, trl),
+        "peak_rss_lora_vs_trl_peft": paired_ratio(rss, lora, trl),
     }
     return res
 

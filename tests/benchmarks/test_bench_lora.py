@@ -57,6 +57,11 @@ def test_lora_sft_contenders_train_the_same_adapters(base):
     trl = TrlSFT({**base["sft"], "contender": "trl_sft_lora"})
     assert _trainable(mine.model) == _trainable(trl.trainer.model) == 2 * _PER_LAYER
     assert mine.segment(0)["seconds"] > 0 and trl.segment(0)["seconds"] > 0
+    # the like of TRL's default gradient checkpointing: the same adapters, recomputing
+    again = TunelabSFT({**base["sft"], "contender": "tunelab_sft_lora_recompute"})
+    assert trl.trainer.args.gradient_checkpointing and again.model.activation_checkpointing
+    assert not mine.model.activation_checkpointing
+    assert _trainable(again.model) == 2 * _PER_LAYER and again.segment(0)["seconds"] > 0
 
 
 @pytest.mark.slow

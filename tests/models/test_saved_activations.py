@@ -1,4 +1,4 @@
-"""What a training step keeps for its backward: the gated MLP and the LoRA layer hold no extra
+"""What a training step keeps for its backward: the gated MLP, the LoRA layer and RoPE hold no extra
 tokens x width tensors, with gradients equal to plain autograd's."""
 
 from __future__ import annotations
@@ -60,3 +60,27 @@ def test_lora_layer_saves_only_its_input_and_the_rank_sized_product():
     x = torch.randn(10, 64, requires_grad=True)
     params = 2 * (4 * 64 + 32 * 4) * 4  # A and B of both slices
     assert saved_bytes(lambda: lin(x)) <= x.nbytes + lin.weight.nbytes + params + 2 * 10 * 4 * 4
+
+
+def _rope_by_the_book(x, cos, sin):
+    """HF Llama's apply_rotary_pos_emb (rotate_half), partial rotary as in Phi/GPT-NeoX."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat([_rope_by_the_book(x[..., :rot], cos, sin), x[..., rot:]], dim=-1)
+    half = rot // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotary", [64, 32])
+def test_in_place_rope_is_bitwise_rotate_half(dtype, rotary):
+    from tunelab.models.rope import apply_rope
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 50, 64, generator=g).to(dtype).requires_grad_()
+    cos, sin = torch.randn(2, 1, 1, 50, rotary, generator=g)
+    grad = torch.randn(2, 9, 50, 64, generator=g).to(dtype)
+    ours, book = apply_rope(x, cos, sin), _rope_by_the_book(x, cos, sin)
+    assert torch.equal(ours, book)
+    assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (ours, book)))

@@ -131,5 +131,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if rot < x.shape[-1]:
         return torch.cat([apply_rope(x[..., :rot], cos, sin), x[..., rot:]], dim=-1)
     half = rot // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    # x * cos + rotate_half(x) * sin, the rotated halves added into x * cos in place: the same
+    # products and sums, without the rotated copy and two more (B, H, T, D) temporaries
+    # (separate products, not addcmul_, whose fused kernel rounds differently from HF's)
+    out = x * cos
+    out[..., :half].sub_(x[..., half:] * sin[..., :half])
+    out[..., half:].add_(x[..., :half] * sin[..., half:])
+    return out.to(x.dtype)
