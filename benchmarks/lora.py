@@ -211,7 +211,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[fig]["run"] = run_info(args)  # figures of one shape can come from different runs
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     section = {**results.get("lora", {})}
-    section[args.preset] = {**section.get(args.preset, {}), **out}
+    earlier = section.get(args.preset, {})
+    for fig in ("sft", "dpo"):  # a figure kept from an earlier run keeps that run's details
+        if fig in earlier and fig not in out and "run" not in earlier[fig] and "run" in earlier:
+            earlier[fig]["run"] = earlier["run"]
+    section[args.preset] = {**earlier, **out}
     values, stats = headline(section)
     section["stats"] = stats
     save_section(args.out, "lora", section, values)
