@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if fig not in ("sft", "dpo"):
             p.error(f"unknown figure {fig!r}; choose from sft, dpo")
         print(f"== lora {fig} on {args.preset}", flush=True)
+        info = run_info(args)  # figures of one shape can come from different runs
         out[fig] = (run_sft if fig == "sft" else run_dpo)(args, base, workdir)
-        out[fig]["run"] = run_info(args)  # figures of one shape can come from different runs
+        out[fig]["run"] = info
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     section = {**results.get("lora", {})}
     earlier = section.get(args.preset, {})
