@@ -186,6 +186,7 @@ def test_packed_rows_through_the_varlen_path_keep_windows_and_scale(monkeypatch)
     monkeypatch.setattr(decoder, "varlen_attn", _reference_varlen)
     monkeypatch.setattr(decoder, "_VARLEN_PARAMS", {"window_size", "scale"})
     monkeypatch.setattr(Decoder, "_use_varlen", lambda *a: True)
+    monkeypatch.setattr(decoder, "_flash_varlen_device", lambda t: True)  # the GPU's branch
     varlen = model(ids, positions=positions, doc_ids=doc_ids)
     real = doc_ids >= 0
     torch.testing.assert_close(varlen[real], masked[real], atol=1e-5, rtol=1e-5)

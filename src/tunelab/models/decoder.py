@@ -29,8 +29,9 @@ from torch.utils.checkpoint import checkpoint
 from tunelab.models.config import Config
 from tunelab.models.kv_cache import KVCache, rope_cache
 from tunelab.models.layers import MLP, RMSNorm, make_norm
+from tunelab.models.masks import build_mask
 from tunelab.models.rope import apply_rope, rope_tables, uses_long_factors
-from tunelab.models.spans import PackedSpans, host_spans, packed_spans
+from tunelab.models.spans import PackedSpans, host_spans, packed_spans, per_span_causal
 
 __all__ = [
     "MLP",
@@ -62,8 +63,14 @@ MASKED_SDPA_BACKENDS: list[SDPBackend] | None = [
 
 
 # Packed rows on a GPU in bf16/fp16: attention runs per example with FlashAttention's varlen
-# kernel, so the work is the sum of l^2 over examples instead of rows x width^2 with a mask.
+# kernel, so the work is the sum of l^2 over examples instead of rows x width^2 with a mask; on a
+# CPU, one SDPA call per example (`per_span_causal`).
 VARLEN_ATTENTION = True
+
+
+def _flash_varlen_device(t: torch.Tensor) -> bool:
+    """Whether packed rows go to FlashAttention's varlen kernel (else `per_span_causal`)."""
+    return t.is_cuda
 
 
 def _varlen_causal(
@@ -140,8 +147,16 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # q and k are new tensors now; a view v would keep the whole fused qkv output alive
+            # for the backward (an attention kernel saves its inputs): v alone is a third of it
+            v = v.contiguous()
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        if isinstance(mask, PackedSpans) and not _flash_varlen_device(q):
+            if self.window is not None:  # _use_varlen keeps windowed models on masks
+                raise RuntimeError("per-example attention has no sliding window")
+            y = per_span_causal(q, k, v, mask, self.scale)
+            return self.proj(y.reshape(B, T, self.n_head * self.head_dim))
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
@@ -330,7 +345,7 @@ class Decoder(nn.Module):
             masks = dict.fromkeys(windows, spans)
         else:
             masks = {
-                w: self._mask(B, T, doc_ids, cache, attention_mask, input_ids.device, w)
+                w: build_mask(B, T, doc_ids, cache, attention_mask, input_ids.device, w)
                 for w in windows
             }
         ropes = {}
@@ -350,11 +365,15 @@ class Decoder(nn.Module):
         return self.norm_f(x)
 
     def _use_varlen(self, input_ids, doc_ids, cache, attention_mask) -> bool:
-        if not (VARLEN_ATTENTION and varlen_attn is not None and input_ids.is_cuda):
-            return False
         if doc_ids is None or cache is not None or attention_mask is not None:
             return False
         if self.training and self.cfg.dropout > 0:  # the varlen kernel has no attention dropout
+            return False
+        if input_ids.device.type == "cpu":  # per_span_causal: one SDPA call per example
+            compiled = any(getattr(b, "_compiled_call_impl", None) for b in self.blocks)
+            windowed = any(block.window is not None for block in self.blocks)
+            return VARLEN_ATTENTION and not (compiled or windowed)
+        if not (VARLEN_ATTENTION and varlen_attn is not None and input_ids.is_cuda):
             return False
         windowed = any(block.window is not None for block in self.blocks)
         if (windowed and "window_size" not in _VARLEN_PARAMS) or (
@@ -365,35 +384,3 @@ class Decoder(nn.Module):
         if torch.is_autocast_enabled("cuda"):
             return torch.get_autocast_dtype("cuda") in half
         return self.wte.weight.dtype in half
-
-    @staticmethod
-    def _mask(
-        B, T, doc_ids, cache, attention_mask, device, window: int | None = None
-    ) -> torch.Tensor | None:
-        """Boolean (B, 1, T, keys) mask, or None for SDPA's plain causal path.
-
-        window: a query also sees only its last `window` keys (itself included), counted in
-        cache slots as transformers does (left padding takes slots too).
-        """
-        if cache is None and doc_ids is None and attention_mask is None and window is None:
-            return None  # plain causal: SDPA's fast is_causal path
-        start = cache.length if cache is not None else 0
-        total = start + T
-        q_pos = torch.arange(start, total, device=device)
-        k_pos = torch.arange(total, device=device)
-        visible = k_pos[None, :] <= q_pos[:, None]
-        if window is not None:
-            visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
-        mask = visible.expand(B, 1, T, total)
-        if doc_ids is not None:
-            mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
-        if cache is not None:
-            valid = cache.key_valid
-            valid[:, start:total] = attention_mask.bool() if attention_mask is not None else True
-            mask = mask & valid[:, None, None, :total]
-        elif attention_mask is not None:
-            mask = mask & attention_mask.bool()[:, None, None, :]
-        # A query row with no visible key (left padding) would give NaN: let it see itself.
-        eye = torch.zeros(T, total, dtype=torch.bool, device=device)
-        eye[torch.arange(T), torch.arange(start, total)] = True
-        return mask | eye

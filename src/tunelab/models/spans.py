@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 class PackedSpans(NamedTuple):
@@ -36,3 +37,38 @@ def host_spans(spans: PackedSpans, tokens: int, device: torch.device) -> PackedS
             f"packed spans (cu_seqlens) cover {covered} tokens, the batch has {tokens}"
         )
     return PackedSpans(cu.to(device, torch.int32, non_blocking=True), int(spans.max_len))
+
+
+def per_span_causal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spans: PackedSpans,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal attention of each packed example on its own (the CPU's varlen attention).
+
+    q: (B, H, T, D); k, v: (B, H_kv, T, D) with H_kv dividing H (grouped-query heads are not
+    repeated); spans on the host. Returns (B, T, H, D). With a block-diagonal mask SDPA's CPU
+    kernel would compute every (query, key) pair of the row, T^2; per example it is the sum of
+    l^2 / 2, and no mask is built or saved.
+    """
+    B, H, T, D = q.shape
+    extra = {} if scale is None else {"scale": scale}
+    gqa = k.shape[1] != H
+    cu = spans.cu_seqlens.tolist()
+    parts = []
+    for start, end in zip(cu[:-1], cu[1:], strict=True):
+        row, a = divmod(start, T)  # spans never cross rows (packed_spans starts one per row)
+        b = a + end - start
+        y = F.scaled_dot_product_attention(
+            q[row : row + 1, :, a:b],
+            k[row : row + 1, :, a:b],
+            v[row : row + 1, :, a:b],
+            is_causal=True,
+            enable_gqa=gqa,
+            **extra,
+        )
+        parts.append(y.transpose(1, 2))  # (1, l, H, D)
+    # the spans tile the flattened rows in order
+    return torch.cat(parts, dim=1).view(B, T, H, D)
