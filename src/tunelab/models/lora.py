@@ -149,7 +149,7 @@ class LoRALinear(nn.Linear):
         # out[:, slice] += scale * (dropout(x) A^T) B^T, accumulated in place by addmm_: the
         # base output is the only (tokens, out) tensor the layer allocates, so a step holds
         # no per-adapter products and padded copies of the output beside the saved activations
-        # (on the CPU those transients fragment the heap: ~0.4 GB of peak RSS on SmolLM2-135M).
+        # (on the CPU those transients fragment the heap: ~0.3 GB of peak RSS on SmolLM2-135M).
         # The frozen base's output is not needed by its backward, so writing into it is safe.
         flat = out.view(-1, self.out_features)
         xd = self.lora_dropout(x).reshape(-1, self.in_features)
