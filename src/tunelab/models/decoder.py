@@ -369,13 +369,12 @@ class Decoder(nn.Module):
             return False
         if self.training and self.cfg.dropout > 0:  # the varlen kernel has no attention dropout
             return False
+        windowed = any(block.window is not None for block in self.blocks)
         if input_ids.device.type == "cpu":  # per_span_causal: one SDPA call per example
             compiled = any(getattr(b, "_compiled_call_impl", None) for b in self.blocks)
-            windowed = any(block.window is not None for block in self.blocks)
             return VARLEN_ATTENTION and not (compiled or windowed)
         if not (VARLEN_ATTENTION and varlen_attn is not None and input_ids.is_cuda):
             return False
-        windowed = any(block.window is not None for block in self.blocks)
         if (windowed and "window_size" not in _VARLEN_PARAMS) or (
             self.cfg.attn_scale is not None and "scale" not in _VARLEN_PARAMS
         ):
